@@ -1,0 +1,206 @@
+"""Input checks shared by every public entry point: cheap, complete, before any write.
+
+Every check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right
+kind, wrong value) with a message that names the function, the argument and
+the fix. Nothing is written until all checks pass.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from fusedopt import backends
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NDARRAY = np.ndarray
+
+
+def array_kind(x) -> str:
+    """``"numpy"``, ``"cupy"`` or ``"dlpack"`` (another library's tensor), without importing CuPy."""
+    t = type(x)
+    if t is _NDARRAY:
+        return "numpy"
+    if t.__module__.startswith("cupy"):
+        return "cupy"
+    if isinstance(x, _NDARRAY):
+        return "numpy"
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return "dlpack"
+    return "other"
+
+
+def _from_dlpack(fname: str, name: str, x):
+    """A zero-copy NumPy or CuPy view of another library's tensor (e.g. torch), via DLPack."""
+    device_type = x.__dlpack_device__()[0]
+    try:
+        if device_type == 1:  # kDLCPU
+            return np.from_dlpack(x)
+        if device_type in (2, 3, 13):  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+            try:
+                import cupy
+            except ImportError as exc:
+                raise TypeError(
+                    f"{fname}: {name} is a CUDA tensor, and CUDA arrays need CuPy: "
+                    "pip install 'fusedopt[cuda13]' (or [cuda12])"
+                ) from exc
+            return cupy.from_dlpack(x)
+    except (BufferError, RuntimeError, ValueError) as exc:
+        raise TypeError(
+            f"{fname}: {name} ({type(x).__name__}) cannot be shared through DLPack: {exc}. "
+            "For a torch parameter pass param.detach() (it shares memory)"
+        ) from exc
+    raise TypeError(f"{fname}: {name} lives on DLPack device type {device_type}, "
+                    "which fusedopt does not run on (CPU and CUDA only)")
+
+
+def _converted(fname, names, values, kinds):
+    for name, value, kind in zip(names, values, kinds, strict=True):
+        if kind == "other":
+            raise TypeError(
+                f"{fname}: {name} must be a NumPy or CuPy array (or a tensor that supports "
+                f"DLPack), not {type(value).__name__}; convert it once with np.asarray and "
+                "keep the array, since the update is made in place"
+            )
+        yield _from_dlpack(fname, name, value) if kind == "dlpack" else value
+
+
+def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str, ...],
+           backend: str | None):
+    """Check the arrays of one call; return ``(backend_module, arrays)``.
+
+    All arrays: NumPy or CuPy (or DLPack tensors, viewed without a copy), one
+    float dtype, one shape, C-contiguous, on one device, no two overlapping,
+    written ones writeable.
+    """
+    if all(type(v) is _NDARRAY for v in values) and _plain_numpy_ok(values, names, writes):
+        backend = _backend_for(fname, "numpy", backend)
+        if backend != "numba":  # the Numba drivers check overlap themselves, for free
+            _no_overlap(fname, names, values, "numpy")
+        return backends.get(backend), values
+    kinds = [array_kind(v) for v in values]
+    if "dlpack" in kinds or "other" in kinds:
+        values = tuple(_converted(fname, names, values, kinds))
+        kinds = [array_kind(v) for v in values]
+    first, first_name, kind = values[0], names[0], kinds[0]
+    dtype, shape = first.dtype, first.shape
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{fname}: {first_name} has dtype {dtype}; fusedopt updates float32 or "
+                        f"float64 arrays (allocate {first_name} with one of those)")
+    for name, value, k in zip(names, values, kinds, strict=True):
+        if k != kind:
+            raise TypeError(f"{fname}: {name} is a {k} array but {first_name} is a {kind} "
+                            "array; all arrays of one call live on one device")
+        if value.dtype != dtype:
+            raise TypeError(f"{fname}: {name} has dtype {value.dtype} but {first_name} has "
+                            f"{dtype}; allocate {name} with dtype={first_name}.dtype")
+        if value.shape != shape:
+            raise ValueError(f"{fname}: {name} has shape {value.shape} but {first_name} has "
+                             f"{shape}; every array of one call has the same shape")
+        if not value.flags.c_contiguous:
+            raise ValueError(f"{fname}: {name} is not C-contiguous; pass the contiguous array "
+                             "itself (a contiguous copy would be updated instead of it)")
+        if kind == "numpy" and not value.flags.writeable and name in writes:
+            raise ValueError(f"{fname}: {name} is read-only and is updated in place; pass a "
+                             "writeable array")
+    if kind == "cupy":
+        device = first.device.id
+        for name, value in zip(names, values, strict=True):
+            if value.device.id != device:
+                raise ValueError(f"{fname}: {name} is on GPU {value.device.id} but "
+                                 f"{first_name} is on GPU {device}; move it with "
+                                 f"cupy.cuda.Device({device}).use() and cupy.asarray")
+    _no_overlap(fname, names, values, kind)
+    return backends.get(_backend_for(fname, kind, backend)), values
+
+
+def _plain_numpy_ok(values, names, writes) -> bool:
+    """True when NumPy arrays pass every check but overlap (the fast path, no messages)."""
+    first = values[0]
+    dtype, shape = first.dtype, first.shape
+    if dtype not in _FLOAT_DTYPES:
+        return False
+    for name, value in zip(names, values, strict=True):
+        flags = value.flags
+        if (value.dtype != dtype or value.shape != shape or not flags.c_contiguous
+                or (not flags.writeable and name in writes)):
+            return False
+    return True
+
+
+def _backend_for(fname: str, kind: str, backend: str | None) -> str:
+    if backend is None:
+        return "numba" if kind == "numpy" else "cupy"
+    if backend not in backends.NAMES:
+        raise ValueError(f"{fname}: backend={backend!r} is not a backend; choose one of "
+                         f"{list(backends.NAMES)} or None (pick by array type)")
+    if (backend == "numba" and kind == "cupy") or (backend == "cupy" and kind == "numpy"):
+        where = "the GPU" if kind == "cupy" else "the CPU"
+        raise ValueError(f"{fname}: backend={backend!r} cannot update {kind} arrays (they are "
+                         f"on {where}); use backend=None to pick by array type")
+    return backend
+
+
+def _no_overlap(fname, names, values, kind):
+    n = len(values)
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = values[i], values[j]
+            if kind == "numpy":
+                overlap = a.size and b.size and np.may_share_memory(a, b)
+            else:
+                overlap = a.size and b.size and (
+                    a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
+                )
+            if overlap:
+                raise overlap_error(fname, names[i], names[j])
+
+
+def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
+    """The error for two arguments that share memory."""
+    return ValueError(f"{fname}: {name_a} and {name_b} share memory; each argument needs its "
+                      "own array (the same array passed twice?)")
+
+
+def real(fname: str, name: str, value, lo: float | None = None, hi: float | None = None, *,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` as a finite float within the given bounds, or a clear error."""
+    if (type(value) is float and (lo is None or value > lo or (value == lo and not lo_open))
+            and (hi is None or value < hi or (value == hi and not hi_open))):
+        return value  # the common case, kept cheap (NaN fails every comparison above)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{fname}: {name} must be a real number, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fname}: {name}={value} is not finite; pass a finite number")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{fname}: {name}={value} is out of range; it must be "
+                         f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{fname}: {name}={value} is out of range; it must be "
+                         f"{'<' if hi_open else '<='} {hi}")
+    return value
+
+
+def beta(fname: str, name: str, value) -> float:
+    """A decay rate in [0, 1)."""
+    return real(fname, name, value, 0.0, 1.0, hi_open=True)
+
+
+def flag(fname: str, name: str, value) -> bool:
+    """A bool (NumPy bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fname}: {name} must be True or False, not {value!r}")
+    return bool(value)
+
+
+def step(fname: str, value) -> int:
+    """The 1-based count of the update being made."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{fname}: step must be an int (the 1-based update count), "
+                        f"not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{fname}: step={value} is out of range; the first update is step=1")
+    return int(value)

@@ -1,0 +1,27 @@
+"""Tunables, in one place (measured on the machines named beside each value).
+
+Change a value here, not in the modules that read it.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Arrays with at least this many elements run the Numba ``prange`` driver;
+#: smaller ones run the serial driver, where starting the worker threads costs
+#: more than the work. Measured with ``python -m fusedopt.tune`` on a 2-core
+#: AVX-512 machine (fp32 Adam): the parallel driver wins from about 2^16.
+#: Override with the environment variable ``FUSEDOPT_PARALLEL_MIN_SIZE``.
+NUMBA_PARALLEL_MIN_SIZE: int = int(os.environ.get("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 16))
+
+#: Where generated Numba driver modules (and Numba's on-disk cache of their
+#: machine code) are kept, so that the JIT compile is paid once per machine.
+CACHE_DIR: str = os.environ.get(
+    "FUSEDOPT_CACHE_DIR",
+    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fusedopt"),
+)
+
+#: Benchmark defaults for ``fusedopt bench``: sizes (fp32 elements) and repeats.
+BENCH_SIZES: tuple[int, ...] = (4096, 1 << 20, 1 << 24)
+BENCH_MIN_REPEATS: int = 7
+BENCH_MIN_SECONDS: float = 0.3

@@ -1,0 +1,5 @@
+"""The math, and only the math: each rule written once (``rules``), and its oracle (``reference``)."""
+
+from fusedopt.kernels.rules import RULES, Rule
+
+__all__ = ["RULES", "Rule"]

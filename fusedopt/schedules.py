@@ -1,0 +1,116 @@
+r"""Learning-rate decay, as in the lecture: callables ``schedule(t) -> lr``.
+
+``t`` is the 1-based count the schedule is driven by: the epoch number (one
+pass over the training set; the first epoch is 1, as in the lecture's table
+where epoch 1 with :math:`\alpha_0 = 0.2` and ``decay_rate=1`` gives 0.1) or,
+for ``inverse_sqrt``, the mini-batch number :math:`t` as well. ``t < 1`` is a
+``ValueError``.
+
+=====================  ==============================================================
+``inverse_time``       :math:`\alpha = \alpha_0 / (1 + \text{decay\_rate}\cdot t)`
+``exponential``        :math:`\alpha = \alpha_0\, \text{base}^{t}` (the lecture's 0.95)
+``inverse_sqrt``       :math:`\alpha = \alpha_0\, k / \sqrt{t}`
+``staircase``          :math:`\alpha = \alpha_0\, \text{factor}^{\lfloor (t-1)/\text{every}\rfloor}`
+``constant``           :math:`\alpha = \alpha_0`
+=====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral
+
+from fusedopt import _checks
+
+
+def _count(name: str, t) -> int:
+    if isinstance(t, bool) or not isinstance(t, Integral):
+        raise TypeError(f"{name}: t must be an int (the 1-based epoch or step), "
+                        f"not {type(t).__name__}")
+    if t < 1:
+        raise ValueError(f"{name}: t={t} is out of range; epochs and steps count from 1")
+    return int(t)
+
+
+@dataclass(frozen=True)
+class inverse_time:  # noqa: N801 - a schedule reads as a function
+    r""":math:`\alpha = \alpha_0 / (1 + \text{decay\_rate}\cdot t)`."""
+
+    lr0: float
+    decay_rate: float
+
+    def __post_init__(self):
+        _checks.real("inverse_time", "lr0", self.lr0, 0.0)
+        _checks.real("inverse_time", "decay_rate", self.decay_rate, 0.0)
+
+    def __call__(self, t: int) -> float:
+        return self.lr0 / (1.0 + self.decay_rate * _count("inverse_time", t))
+
+
+@dataclass(frozen=True)
+class exponential:  # noqa: N801
+    r""":math:`\alpha = \alpha_0\,\text{base}^{t}` (exponential decay; the lecture uses 0.95)."""
+
+    lr0: float
+    base: float = 0.95
+
+    def __post_init__(self):
+        _checks.real("exponential", "lr0", self.lr0, 0.0)
+        _checks.real("exponential", "base", self.base, 0.0, 1.0)
+
+    def __call__(self, t: int) -> float:
+        return self.lr0 * self.base ** _count("exponential", t)
+
+
+@dataclass(frozen=True)
+class inverse_sqrt:  # noqa: N801
+    r""":math:`\alpha = \alpha_0\, k/\sqrt{t}`, by epoch or by mini-batch number."""
+
+    lr0: float
+    k: float = 1.0
+
+    def __post_init__(self):
+        _checks.real("inverse_sqrt", "lr0", self.lr0, 0.0)
+        _checks.real("inverse_sqrt", "k", self.k, 0.0)
+
+    def __call__(self, t: int) -> float:
+        return self.lr0 * self.k / math.sqrt(_count("inverse_sqrt", t))
+
+
+@dataclass(frozen=True)
+class staircase:  # noqa: N801
+    r"""Discrete staircase: :math:`\alpha_0` for the first ``every`` epochs, then times ``factor``.
+
+    :math:`\alpha = \alpha_0\,\text{factor}^{\lfloor (t-1)/\text{every} \rfloor}`
+    """
+
+    lr0: float
+    factor: float = 0.5
+    every: int = 10
+
+    def __post_init__(self):
+        _checks.real("staircase", "lr0", self.lr0, 0.0)
+        _checks.real("staircase", "factor", self.factor, 0.0, 1.0)
+        if isinstance(self.every, bool) or not isinstance(self.every, Integral) or self.every < 1:
+            raise ValueError(f"staircase: every={self.every!r} must be an int >= 1")
+
+    def __call__(self, t: int) -> float:
+        return self.lr0 * self.factor ** ((_count("staircase", t) - 1) // self.every)
+
+
+@dataclass(frozen=True)
+class constant:  # noqa: N801
+    r""":math:`\alpha = \alpha_0`: no decay (the baseline the others are compared with)."""
+
+    lr0: float
+
+    def __post_init__(self):
+        _checks.real("constant", "lr0", self.lr0, 0.0)
+
+    def __call__(self, t: int) -> float:
+        _count("constant", t)
+        return float(self.lr0)
+
+
+__all__ = ["constant", "exponential", "inverse_sqrt", "inverse_time", "staircase"]
