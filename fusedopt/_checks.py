@@ -167,9 +167,9 @@ def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
 def real(fname: str, name: str, value, lo: float | None = None, hi: float | None = None, *,
          lo_open: bool = False, hi_open: bool = False) -> float:
     """``value`` as a finite float within the given bounds, or a clear error."""
-    if (type(value) is float and (lo is None or value > lo or (value == lo and not lo_open))
+    if (type(value) is float and value - value == 0.0 and (lo is None or value > lo or (value == lo and not lo_open))
             and (hi is None or value < hi or (value == hi and not hi_open))):
-        return value  # the common case, kept cheap (NaN fails every comparison above)
+        return value  # the common case, kept cheap (x - x == 0 only when x is finite)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{fname}: {name} must be a real number, not {type(value).__name__}")
     value = float(value)

@@ -9,10 +9,11 @@ import os
 
 #: Arrays with at least this many elements run the Numba ``prange`` driver;
 #: smaller ones run the serial driver, where starting the worker threads costs
-#: more than the work. Measured with ``python -m fusedopt.tune`` on a 2-core
-#: AVX-512 machine (fp32 Adam): the parallel driver wins from about 2^16.
+#: more than the work. Measured with ``python bench/parallel_threshold.py`` on a
+#: 2-core AVX-512 machine (fp32 Adam): serial 2.8 us vs parallel 3.3 us at 2^14,
+#: 5.2 us vs 4.9 us at 2^15, so the parallel driver starts at 2^15.
 #: Override with the environment variable ``FUSEDOPT_PARALLEL_MIN_SIZE``.
-NUMBA_PARALLEL_MIN_SIZE: int = int(os.environ.get("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 16))
+NUMBA_PARALLEL_MIN_SIZE: int = int(os.environ.get("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 15))
 
 #: Where generated Numba driver modules (and Numba's on-disk cache of their
 #: machine code) are kept, so that the JIT compile is paid once per machine.

@@ -1,0 +1,216 @@
+"""The update-step benchmark, shared by ``fusedopt bench`` and ``bench/`` (pytest-benchmark).
+
+For each rule and size it times, in one run and interleaved round by round so
+that drift on a shared machine hits every implementation alike:
+
+``fusedopt``       the fused update (``backend=None``: Numba on NumPy arrays)
+``floor``          a Numba loop moving the same memory streams with trivial math:
+                   the bandwidth floor this machine allows the update
+``reference``      the unfused NumPy reference (``backend="numpy"``), what a user
+                   would write in NumPy
+``torch_fused``    ``torch.optim.<Rule>(fused=True).step()`` (when torch has it)
+``torch_foreach``  ``torch.optim.<Rule>(foreach=True).step()``
+
+and reports medians, effective bandwidth and the ratios the targets are set in.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fusedopt import config, functional
+from fusedopt.kernels.rules import RULES
+
+IMPLS: tuple[str, ...] = ("fusedopt", "floor", "reference", "torch_fused", "torch_foreach")
+BENCH_RULES: tuple[str, ...] = ("adam", "momentum", "rmsprop", "sgd")
+
+# The torch.optim equivalent of each rule (same hyperparameters as _fusedopt_call).
+_TORCH = {
+    "adam": ("Adam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)),
+    "momentum": ("SGD", dict(lr=1e-3, momentum=0.9, dampening=0.0)),
+    "rmsprop": ("RMSprop", dict(lr=1e-3, alpha=0.99, eps=1e-8)),
+    "sgd": ("SGD", dict(lr=1e-3)),
+}
+
+
+@dataclass
+class Result:
+    """One implementation of one rule at one size."""
+
+    rule: str
+    impl: str
+    n: int
+    median_s: float
+    bytes_moved: int
+    samples: int
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_moved / self.median_s / 1e9
+
+
+def bytes_moved(rule_name: str, n: int, itemsize: int = 4) -> int:
+    """Bytes the update must move: each array read once, each written array written once."""
+    return RULES[rule_name].bytes_per_element_factor * n * itemsize
+
+
+def _state(rule_name: str, n: int, dtype, rng) -> tuple[np.ndarray, ...]:
+    arrays = [rng.standard_normal(n).astype(dtype) for _ in RULES[rule_name].arrays]
+    if rule_name in ("adam", "rmsprop"):
+        arrays[-1] = np.abs(arrays[-1])  # a second moment is non-negative
+    return tuple(arrays)
+
+
+def _fusedopt_call(rule_name: str, arrays, backend: str | None) -> Callable[[], None]:
+    if rule_name == "adam":
+        step = [0]
+
+        def run():
+            step[0] += 1
+            functional.adam_(*arrays, step=step[0], lr=1e-3, backend=backend)
+
+        return run
+    if rule_name == "momentum":
+        return lambda: functional.momentum_(*arrays, lr=1e-3, beta=0.9, dampening=0.0,
+                                            backend=backend)
+    if rule_name == "rmsprop":
+        return lambda: functional.rmsprop_(*arrays, lr=1e-3, beta=0.99, backend=backend)
+    if rule_name == "sgd":
+        return lambda: functional.sgd_(*arrays, lr=1e-3, backend=backend)
+    raise ValueError(f"no benchmark for rule {rule_name!r}")
+
+
+def make_step(rule_name: str, impl: str, n: int, dtype=np.float32,
+              seed: int = 0) -> Callable[[], None] | None:
+    """A zero-argument callable doing one update, or None where ``impl`` is unavailable here."""
+    rng = np.random.default_rng(seed)
+    arrays = _state(rule_name, n, dtype, rng)
+    if impl == "fusedopt":
+        return _fusedopt_call(rule_name, arrays, None)
+    if impl == "reference":
+        return _fusedopt_call(rule_name, arrays, "numpy")
+    if impl == "floor":
+        from fusedopt.backends import numba_cpu
+
+        rule = RULES[rule_name]
+        return lambda: numba_cpu.floor(rule, arrays)
+    if impl in ("torch_fused", "torch_foreach"):
+        try:
+            import torch
+        except ImportError:
+            return None
+        cls_name, kwargs = _TORCH[rule_name]
+        param = torch.nn.Parameter(torch.from_numpy(arrays[0]))
+        param.grad = torch.from_numpy(arrays[1])
+        flag = {"torch_fused": "fused", "torch_foreach": "foreach"}[impl]
+        try:
+            opt = getattr(torch.optim, cls_name)([param], **kwargs, **{flag: True})
+            opt.step()
+        except (TypeError, RuntimeError):  # e.g. RMSprop has no fused variant
+            return None
+        return opt.step
+    raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+
+
+def _inner_calls(step: Callable[[], None], target_s: float = 2e-3) -> int:
+    """How many calls make one timing sample long enough for the clock."""
+    start = time.perf_counter()
+    step()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, int(target_s / once))
+
+
+def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = None,
+            min_seconds: float | None = None, dtype=np.float32,
+            progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Time ``impls`` of ``rule_name`` at ``n`` elements, round-robin; medians per call."""
+    min_repeats = config.BENCH_MIN_REPEATS if min_repeats is None else min_repeats
+    min_seconds = config.BENCH_MIN_SECONDS if min_seconds is None else min_seconds
+    steps = {}
+    for impl in impls:
+        step = make_step(rule_name, impl, n, dtype)
+        if step is not None:
+            for _ in range(2):  # compile, touch the pages, fill the caches
+                step()
+            steps[impl] = (step, _inner_calls(step))
+    samples: dict[str, list[float]] = {impl: [] for impl in steps}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < min_repeats or time.perf_counter() - started < min_seconds:
+        for impl, (step, inner) in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                step()
+            samples[impl].append((time.perf_counter() - t0) / inner)
+        rounds += 1
+        if rounds >= 200:
+            break
+    if progress:
+        progress(f"{rule_name} n={n}: {rounds} rounds")
+    itemsize = np.dtype(dtype).itemsize
+    results = [Result(rule_name, impl, n, statistics.median(times),
+                      bytes_moved(rule_name, n, itemsize), len(times))
+               for impl, times in samples.items()]
+    del steps
+    gc.collect()
+    return results
+
+
+def run(rules=BENCH_RULES, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:
+    """:func:`measure` over every rule and size."""
+    sizes = config.BENCH_SIZES if sizes is None else sizes
+    out: list[Result] = []
+    for rule_name in rules:
+        for n in sizes:
+            out.extend(measure(rule_name, n, impls, **kwargs))
+    return out
+
+
+def ratios(results: list[Result]) -> list[dict]:
+    """One row per (rule, n, impl) with the ratios: x floor, x faster than reference, x torch fused."""
+    by_case: dict[tuple[str, int], dict[str, Result]] = {}
+    for r in results:
+        by_case.setdefault((r.rule, r.n), {})[r.impl] = r
+    rows = []
+    for (rule_name, n), impls in by_case.items():
+        floor = impls.get("floor")
+        reference = impls.get("reference")
+        torch_fused = impls.get("torch_fused")
+        for impl, r in impls.items():
+            rows.append({
+                **asdict(r),
+                "gb_per_s": r.gb_per_s,
+                "x_floor": r.median_s / floor.median_s if floor else None,
+                "speedup_vs_reference": reference.median_s / r.median_s if reference else None,
+                "x_torch_fused": r.median_s / torch_fused.median_s if torch_fused else None,
+            })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`ratios` rows."""
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    header = (f"{'rule':<9}{'n':>10}  {'impl':<14}{'median':>11}{'GB/s':>8}{'x floor':>9}"
+              f"{'x faster than ref':>19}{'x torch fused':>15}")
+    lines = [header, "-" * len(header)]
+    last = None
+    for row in rows:
+        if last is not None and (row["rule"], row["n"]) != last:
+            lines.append("")
+        last = (row["rule"], row["n"])
+        median = row["median_s"]
+        shown = f"{median * 1e3:.3f} ms" if median >= 1e-3 else f"{median * 1e6:.2f} us"
+        lines.append(
+            f"{row['rule']:<9}{row['n']:>10}  {row['impl']:<14}{shown:>11}"
+            f"{row['gb_per_s']:>8.1f}{num(row['x_floor'], '>9.2f')}"
+            f"{num(row['speedup_vs_reference'], '>19.1f')}{num(row['x_torch_fused'], '>15.2f')}"
+        )
+    return "\n".join(lines)

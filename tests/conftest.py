@@ -1,0 +1,59 @@
+"""Shared fixtures: the backends that can run here, dtypes, and Hypothesis settings."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+
+# The first call of each driver JIT-compiles it (or loads it from Numba's cache), so
+# per-example deadlines would measure the compiler; examples stay small instead.
+settings.register_profile("default", deadline=None, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", deadline=None, max_examples=1000,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+    except ImportError:
+        return 0
+    try:
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # CuPy installed without a driver or a GPU
+        return 0
+
+
+HAS_GPU = _gpu_count() > 0
+BACKENDS = ["numpy", "numba"] + (["cupy"] if HAS_GPU else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Each backend that runs here (``cupy`` only with a GPU present)."""
+    return request.param
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+def xp_for(backend: str):
+    """The array module a backend's arrays come from."""
+    if backend == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_numpy(a) -> np.ndarray:
+    """A NumPy copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else np.array(a)
+

@@ -1,0 +1,23 @@
+"""``import fusedopt`` is light: no CuPy, no torch, not even Numba until the first CPU update."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_import_pulls_in_neither_cupy_nor_torch():
+    code = (
+        "import sys, fusedopt as fo\n"
+        "heavy = sorted(m for m in ('cupy', 'torch', 'numba') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(filter(None, out.stdout.strip().split(",")))
+    assert "cupy" not in loaded and "torch" not in loaded, loaded
+
+
+def test_numba_is_imported_only_when_needed():
+    code = "import sys, fusedopt\nprint('numba' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
