@@ -29,8 +29,8 @@ def main() -> None:
             driver = getattr(module, f"adam_{kind}")
             driver(*arrays, scalars)
             number = max(1, 200_000 // n)
-            best = min(timeit.repeat(lambda d=driver: d(*arrays, scalars), number=number,
-                                     repeat=7))
+            best = min(timeit.repeat(lambda d=driver, a=arrays, s=scalars: d(*a, s),
+                                     number=number, repeat=7))
             times[kind] = best / number
         faster = "parallel" if times["parallel"] < times["serial"] else "serial"
         if faster == "parallel" and crossover is None:

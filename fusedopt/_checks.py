@@ -19,7 +19,10 @@ _NDARRAY = np.ndarray
 
 
 def array_kind(x) -> str:
-    """``"numpy"``, ``"cupy"`` or ``"dlpack"`` (another library's tensor), without importing CuPy."""
+    """``"numpy"``, ``"cupy"``, ``"dlpack"`` (another library's tensor) or ``"other"``.
+
+    Decided from the type alone: CuPy is never imported to find out.
+    """
     t = type(x)
     if t is _NDARRAY:
         return "numpy"
@@ -167,7 +170,8 @@ def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
 def real(fname: str, name: str, value, lo: float | None = None, hi: float | None = None, *,
          lo_open: bool = False, hi_open: bool = False) -> float:
     """``value`` as a finite float within the given bounds, or a clear error."""
-    if (type(value) is float and value - value == 0.0 and (lo is None or value > lo or (value == lo and not lo_open))
+    if (type(value) is float and value - value == 0.0
+            and (lo is None or value > lo or (value == lo and not lo_open))
             and (hi is None or value < hi or (value == hi and not hi_open))):
         return value  # the common case, kept cheap (x - x == 0 only when x is finite)
     if isinstance(value, bool) or not isinstance(value, Real):

@@ -173,16 +173,16 @@ def run(rules=BENCH_RULES, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:
 
 
 def ratios(results: list[Result]) -> list[dict]:
-    """One row per (rule, n, impl) with the ratios: x floor, x faster than reference, x torch fused."""
+    """One row per (rule, n, impl), with ratios: x floor, x faster than ref, x torch fused."""
     by_case: dict[tuple[str, int], dict[str, Result]] = {}
     for r in results:
         by_case.setdefault((r.rule, r.n), {})[r.impl] = r
     rows = []
-    for (rule_name, n), impls in by_case.items():
+    for (_rule_name, _n), impls in by_case.items():
         floor = impls.get("floor")
         reference = impls.get("reference")
         torch_fused = impls.get("torch_fused")
-        for impl, r in impls.items():
+        for _impl, r in impls.items():
             rows.append({
                 **asdict(r),
                 "gb_per_s": r.gb_per_s,
@@ -196,7 +196,8 @@ def ratios(results: list[Result]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`ratios` rows."""
     def num(x, fmt):
-        return "-" if x is None else format(x, fmt)
+        width = fmt[1:].split(".")[0]
+        return format("-", f">{width}") if x is None else format(x, fmt)
 
     header = (f"{'rule':<9}{'n':>10}  {'impl':<14}{'median':>11}{'GB/s':>8}{'x floor':>9}"
               f"{'x faster than ref':>19}{'x torch fused':>15}")

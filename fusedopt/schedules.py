@@ -4,7 +4,8 @@ r"""Learning-rate decay, as in the lecture: callables ``schedule(t) -> lr``.
 pass over the training set; the first epoch is 1, as in the lecture's table
 where epoch 1 with :math:`\alpha_0 = 0.2` and ``decay_rate=1`` gives 0.1) or,
 for ``inverse_sqrt``, the mini-batch number :math:`t` as well. ``t < 1`` is a
-``ValueError``.
+``ValueError``. Each schedule is a small frozen dataclass (named in lower case:
+it is used as a function), so it prints its parameters and can be compared.
 
 =====================  ==============================================================
 ``inverse_time``       :math:`\alpha = \alpha_0 / (1 + \text{decay\_rate}\cdot t)`
@@ -34,7 +35,7 @@ def _count(name: str, t) -> int:
 
 
 @dataclass(frozen=True)
-class inverse_time:  # noqa: N801 - a schedule reads as a function
+class inverse_time:
     r""":math:`\alpha = \alpha_0 / (1 + \text{decay\_rate}\cdot t)`."""
 
     lr0: float
@@ -49,7 +50,7 @@ class inverse_time:  # noqa: N801 - a schedule reads as a function
 
 
 @dataclass(frozen=True)
-class exponential:  # noqa: N801
+class exponential:
     r""":math:`\alpha = \alpha_0\,\text{base}^{t}` (exponential decay; the lecture uses 0.95)."""
 
     lr0: float
@@ -64,7 +65,7 @@ class exponential:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class inverse_sqrt:  # noqa: N801
+class inverse_sqrt:
     r""":math:`\alpha = \alpha_0\, k/\sqrt{t}`, by epoch or by mini-batch number."""
 
     lr0: float
@@ -79,7 +80,7 @@ class inverse_sqrt:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class staircase:  # noqa: N801
+class staircase:
     r"""Discrete staircase: :math:`\alpha_0` for the first ``every`` epochs, then times ``factor``.
 
     :math:`\alpha = \alpha_0\,\text{factor}^{\lfloor (t-1)/\text{every} \rfloor}`
@@ -100,7 +101,7 @@ class staircase:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class constant:  # noqa: N801
+class constant:
     r""":math:`\alpha = \alpha_0`: no decay (the baseline the others are compared with)."""
 
     lr0: float

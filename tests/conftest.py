@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-
 # The first call of each driver JIT-compiles it (or loads it from Numba's cache), so
 # per-example deadlines would measure the compiler; examples stay small instead.
 settings.register_profile("default", deadline=None, max_examples=60,

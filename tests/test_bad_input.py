@@ -53,7 +53,7 @@ BAD_ADAM = [
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize(("override", "error", "words"), BAD_ADAM,
-                         ids=[f"{list(o)[0]}-{i}" for i, (o, _, _) in enumerate(BAD_ADAM)])
+                         ids=[f"{next(iter(o))}-{i}" for i, (o, _, _) in enumerate(BAD_ADAM)])
 def test_bad_adam_input_names_the_argument_and_changes_nothing(override, error, words, backend):
     if "backend" not in override:
         override = {**override, "backend": backend}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -55,7 +56,7 @@ def test_staircase_steps_every_n():
 def test_decay_is_monotone_and_counts_from_one(make):
     s = make()
     values = [s(t) for t in range(1, 200)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     with pytest.raises(ValueError, match="count from 1"):
         s(0)
     with pytest.raises(TypeError, match="int"):

@@ -11,7 +11,8 @@ import pytest
 
 import fusedopt as fo
 
-torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'fusedopt[compare]'")
+torch = pytest.importorskip("torch",
+                            reason="torch is not installed: pip install 'fusedopt[compare]'")
 
 STEPS = 25
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}

@@ -1,4 +1,4 @@
-"""The math, and only the math: each rule written once (``rules``), and its oracle (``reference``)."""
+"""The math only: each rule written once (``rules``) and its oracle (``reference``)."""
 
 from fusedopt.kernels.rules import RULES, Rule
 

@@ -1,0 +1,5 @@
+import sys
+
+from fusedopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""The ``fusedopt`` command, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def fusedopt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fusedopt", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_help_lists_the_commands():
+    out = fusedopt("--help")
+    assert out.returncode == 0
+    for command in ("info", "bench"):
+        assert command in out.stdout
+
+
+def test_console_script_is_installed():
+    if shutil.which("fusedopt") is None:
+        pytest.skip("the package is not pip-installed here (run from a source tree)")
+    out = subprocess.run(["fusedopt", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("fusedopt ")
+
+
+def test_info_reports_backends_threads_and_memory():
+    out = fusedopt("info")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "numba  available" in text and "numpy  available" in text
+    assert "cupy" in text  # available, or why not
+    assert "numba threads:" in text and "cpu memory:" in text and "gpu" in text
+
+
+def test_bench_json_reports_ratios():
+    out = fusedopt("bench", "--rules", "adam,sgd", "--sizes", "4096", "--impls",
+                   "fusedopt,floor,reference", "--repeats", "3", "--seconds", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["results"]
+    assert {(r["rule"], r["impl"]) for r in rows} == {
+        (rule, impl) for rule in ("adam", "sgd") for impl in ("fusedopt", "floor", "reference")}
+    for row in rows:
+        assert row["median_s"] > 0 and row["n"] == 4096
+        assert row["bytes_moved"] == {"adam": 28, "sgd": 12}[row["rule"]] * 4096
+        if row["impl"] == "floor":
+            assert row["x_floor"] == 1.0
+        if row["impl"] == "reference":
+            assert row["speedup_vs_reference"] == 1.0
+
+
+def test_bench_table():
+    out = fusedopt("bench", "--rules", "momentum", "--sizes", "1024", "--impls",
+                   "fusedopt,reference", "--repeats", "2", "--seconds", "0")
+    assert out.returncode == 0, out.stderr
+    assert "x faster than ref" in out.stdout and "momentum" in out.stdout
+
+
+@pytest.mark.parametrize("args, word", [
+    (("bench", "--rules", "lion"), "--rules"),
+    (("bench", "--impls", "jax"), "--impls"),
+    (("bench", "--sizes", "0"), "--sizes"),
+    (("frobnicate",), "invalid choice"),
+])
+def test_bad_flags_exit_2_with_one_clear_line(args, word):
+    out = fusedopt(*args)
+    assert out.returncode == 2
+    assert word in out.stderr

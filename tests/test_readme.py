@@ -1,0 +1,29 @@
+"""The README's Python examples run, and do what they say."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_training_loop_example_learns():
+    blocks = python_blocks()
+    assert blocks, "the README has a Python example"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md", "exec"), {})
+    accuracy = float(out.getvalue().split()[-1])
+    assert accuracy > 0.95, out.getvalue()
+
+
+def test_training_loop_example_is_short():
+    code = [line for line in python_blocks()[0].splitlines() if line.strip()]
+    assert len(code) <= 25
