@@ -26,3 +26,13 @@ CACHE_DIR: str = os.environ.get(
 BENCH_SIZES: tuple[int, ...] = (4096, 1 << 20, 1 << 24)
 BENCH_MIN_REPEATS: int = 7
 BENCH_MIN_SECONDS: float = 0.3
+
+#: CUDA launch shape for the CuPy backend: threads per block, and blocks per
+#: multiprocessor before the grid-stride loop takes over (enough resident warps
+#: to hide memory latency on a memory-bound kernel).
+CUDA_THREADS_PER_BLOCK: int = int(os.environ.get("FUSEDOPT_CUDA_THREADS", 256))
+CUDA_BLOCKS_PER_SM: int = int(os.environ.get("FUSEDOPT_CUDA_BLOCKS_PER_SM", 8))
+
+#: Use the 128-bit (float4/double2) kernel when every array is 16-byte aligned.
+#: ``FUSEDOPT_CUDA_VECTOR_LOADS=0`` forces the one-element kernel (for comparison).
+CUDA_VECTOR_LOADS: bool = os.environ.get("FUSEDOPT_CUDA_VECTOR_LOADS", "1") != "0"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import to_numpy, xp_for
+from conftest import xp_for
+from oracle import to_numpy
 
 import fusedopt as fo
 
