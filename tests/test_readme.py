@@ -24,6 +24,14 @@ def test_training_loop_example_learns():
     assert accuracy > 0.95, out.getvalue()
 
 
+def test_gpu_example_compiles():
+    """The GPU example needs a GPU to run; here it must at least be valid Python."""
+    gpu_blocks = [b for b in python_blocks() if "cuda" in b]
+    assert gpu_blocks
+    for block in gpu_blocks:
+        compile(block, "README.md", "exec")
+
+
 def test_training_loop_example_is_short():
     code = [line for line in python_blocks()[0].splitlines() if line.strip()]
     assert len(code) <= 25

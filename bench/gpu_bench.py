@@ -1,0 +1,181 @@
+"""GPU benchmark: each rule's fused CUDA kernel vs unfused CuPy, a device copy and torch fused.
+
+    PYTHONPATH=. python bench/gpu_bench.py --out OUT_DIR [--sizes 20,24,28] [--repeats 25]
+
+For every rule at 2^20, 2^24 and 2^28 fp32 elements it times, with CUDA events
+after warm-up (medians):
+
+``fusedopt``          the fused kernel (128-bit loads: the arrays are aligned)
+``fusedopt_scalar``   the same rule with one-element loads (``CUDA_VECTOR_LOADS`` off)
+``cupy_unfused``      the same update as CuPy whole-array expressions (the reference)
+``copy``              ``cudaMemcpyAsync`` of the same number of bytes: the bandwidth ceiling
+``torch_fused``       ``torch.optim.Adam(fused=True)`` / ``SGD(fused=True)`` on the same size
+
+and reports GB/s, the fraction of copy bandwidth reached and the ratio to torch.
+Writes ``gpu_bench.json`` into OUT_DIR and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+
+RULES_TIMED = ("adam", "momentum", "rmsprop", "sgd", "ewa")
+TORCH = {"adam": ("Adam", dict(lr=1e-3, fused=True)),
+         "momentum": ("SGD", dict(lr=1e-3, momentum=0.9, dampening=0.0, fused=True)),
+         "sgd": ("SGD", dict(lr=1e-3, fused=True))}
+
+
+def time_cupy(cupy, fn, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) * 1e-3)
+    return times
+
+
+def time_torch(torch, fn, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return times
+
+
+def copy_times(cupy, nbytes: int, repeats: int) -> list[float]:
+    """A device-to-device copy moving ``nbytes`` in all (half read, half written)."""
+    src = cupy.empty(nbytes // 2, cupy.uint8)
+    dst = cupy.empty_like(src)
+    return time_cupy(cupy, lambda: dst.data.copy_from_device_async(src.data, src.nbytes),
+                     repeats)
+
+
+def call(fo, rule: str, arrays, backend: str | None):
+    step = [0]
+
+    def run():
+        step[0] += 1
+        if rule == "adam":
+            fo.adam_(*arrays, step=step[0], lr=1e-3, backend=backend)
+        elif rule == "momentum":
+            fo.momentum_(*arrays, lr=1e-3, beta=0.9, dampening=0.0, backend=backend)
+        elif rule == "rmsprop":
+            fo.rmsprop_(*arrays, lr=1e-3, beta=0.99, backend=backend)
+        elif rule == "sgd":
+            fo.sgd_(*arrays, lr=1e-3, backend=backend)
+        else:
+            fo.ewa_(*arrays, beta=0.9, backend=backend)
+
+    return run
+
+
+def bench_rule(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
+    from fusedopt import config
+    from fusedopt.kernels.rules import RULES
+
+    spec = RULES[rule]
+    nbytes = spec.bytes_per_element_factor * n * 4
+    rng = cupy.random.default_rng(0)
+    arrays = [rng.standard_normal(n, dtype=cupy.float32) for _ in spec.arrays]
+    if rule in ("adam", "rmsprop"):
+        cupy.abs(arrays[-1], out=arrays[-1])
+    rows = []
+
+    def record(impl, times):
+        median = statistics.median(times)
+        rows.append(dict(rule=rule, n=n, impl=impl, median_s=median, bytes_moved=nbytes,
+                         gb_per_s=nbytes / median / 1e9, samples=len(times)))
+
+    record("fusedopt", time_cupy(cupy, call(fo, rule, arrays, None), repeats))
+    config.CUDA_VECTOR_LOADS = False
+    try:
+        record("fusedopt_scalar", time_cupy(cupy, call(fo, rule, arrays, None), repeats))
+    finally:
+        config.CUDA_VECTOR_LOADS = True
+    record("cupy_unfused", time_cupy(cupy, call(fo, rule, arrays, "numpy"),
+                                     max(5, repeats // 5)))
+    del arrays
+    record("copy", copy_times(cupy, nbytes, repeats))
+    cupy.get_default_memory_pool().free_all_blocks()
+    if torch is not None and rule in TORCH:
+        cls, kwargs = TORCH[rule]
+        p = torch.nn.Parameter(torch.randn(n, device="cuda"))
+        p.grad = torch.randn(n, device="cuda")
+        opt = getattr(torch.optim, cls)([p], **kwargs)
+        record("torch_fused", time_torch(torch, opt.step, repeats))
+        del p, opt
+        torch.cuda.empty_cache()
+    by_impl = {r["impl"]: r for r in rows}
+    for r in rows:
+        r["fraction_of_copy_bw"] = by_impl["copy"]["median_s"] / r["median_s"]
+        r["x_torch_fused"] = (r["median_s"] / by_impl["torch_fused"]["median_s"]
+                              if "torch_fused" in by_impl else None)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'rule':<9}{'n':>6}  {'impl':<16}{'median':>11}{'GB/s':>9}{'of copy':>9}"
+             f"{'x torch':>9}"]
+    for r in rows:
+        x = "-" if r["x_torch_fused"] is None else f"{r['x_torch_fused']:.2f}"
+        lines.append(f"{r['rule']:<9}{'2^' + str(int(np.log2(r['n']))):>6}  {r['impl']:<16}"
+                     f"{r['median_s'] * 1e3:>8.3f} ms{r['gb_per_s']:>9.0f}"
+                     f"{r['fraction_of_copy_bw']:>9.2f}{x:>9}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    parser.add_argument("--sizes", default="20,24,28", help="powers of two")
+    parser.add_argument("--rules", default=",".join(RULES_TIMED))
+    parser.add_argument("--repeats", type=int, default=25)
+    args = parser.parse_args(argv)
+    import cupy
+
+    import fusedopt as fo
+
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            torch = None
+    except ImportError:
+        torch = None
+    os.makedirs(args.out, exist_ok=True)
+    device = cupy.cuda.runtime.getDeviceProperties(0)
+    name = device["name"].decode() if isinstance(device["name"], bytes) else device["name"]
+    rows = []
+    for rule in args.rules.split(","):
+        for exponent in (int(e) for e in args.sizes.split(",")):
+            rows.extend(bench_rule(cupy, torch, fo, rule, 1 << exponent, args.repeats))
+            print(f"{rule} 2^{exponent} done", file=sys.stderr, flush=True)
+    result = dict(device=name, cupy=cupy.__version__, fusedopt=fo.__version__,
+                  torch=None if torch is None else torch.__version__, results=rows)
+    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"GPU: {name}; fp32; medians of {args.repeats} CUDA-event timings after warm-up")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
