@@ -16,6 +16,8 @@ import ctypes
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -246,3 +248,104 @@ def test_launch_config_fills_the_gpu_then_strides():
     assert blocks == 132 * config.CUDA_BLOCKS_PER_SM
     blocks, threads = cupy_cuda.launch_config(1, True, np.float64, multiprocessors=132)
     assert blocks == 1
+
+
+# ------------------------- the whole CuPy path, with the kernels launched on the host
+class HostCupyArray:
+    """A stand-in for cupy.ndarray over host memory: what fusedopt reads of a CuPy array."""
+
+    def __init__(self, array: np.ndarray, device: int = 0):
+        self.host = array
+        self.dtype, self.shape, self.size, self.nbytes = (array.dtype, array.shape, array.size,
+                                                          array.nbytes)
+        self.flags = array.flags
+        self.device = SimpleNamespace(id=device)
+        self.data = SimpleNamespace(ptr=array.ctypes.data)
+
+
+HostCupyArray.__module__ = "cupy._core.core"
+
+
+class HostRawKernel:
+    """cupy.RawKernel, launching the host-compiled translation unit instead of a GPU."""
+
+    launches: ClassVar[list] = []
+
+    def __init__(self, library, source: str, name: str, options=()):
+        self.library, self.source, self.name = library, source, name
+
+    def compile(self):
+        assert f'extern "C" __global__ void {self.name}(' in self.source
+
+    def __call__(self, grid, block, args):
+        converted = []
+        for arg in args:
+            if isinstance(arg, HostCupyArray):
+                converted.append(ctypes.c_void_p(arg.data.ptr))
+            elif isinstance(arg, np.int64):
+                converted.append(ctypes.c_longlong(int(arg)))
+            elif isinstance(arg, np.float32):
+                converted.append(ctypes.c_float(arg))
+            elif isinstance(arg, np.float64):
+                converted.append(ctypes.c_double(arg))
+            else:
+                raise AssertionError(f"unexpected kernel argument {arg!r}")
+        HostRawKernel.launches.append((self.name, grid, block))
+        getattr(self.library, f"launch_{self.name}")(ctypes.c_uint(grid[0]),
+                                                      ctypes.c_uint(block[0]), *converted)
+
+
+@pytest.fixture
+def host_cupy(host_library, monkeypatch):
+    """A ``cupy`` module whose kernels run on the CPU; fusedopt's CuPy path runs unchanged."""
+    import contextlib
+    import sys
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.RawKernel = lambda source, name, options=(): HostRawKernel(host_library, source, name)
+    fake.cuda = SimpleNamespace(
+        Device=lambda device_id: contextlib.nullcontext(),
+        runtime=SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 2}))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cupy_cuda._kernel.cache_clear()
+    cupy_cuda._multiprocessors.cache_clear()
+    HostRawKernel.launches = []
+    yield fake
+    cupy_cuda._kernel.cache_clear()
+    cupy_cuda._multiprocessors.cache_clear()
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_cupy_backend_end_to_end_on_the_host(host_cupy, rule_name, dtype, offset):
+    """fo.<rule>_ on 'CuPy' arrays: checks, host scalars, kernel choice, launch, arguments."""
+    import fusedopt as fo
+
+    rule = RULES[rule_name]
+
+    @given(inputs(rule_name))
+    def check(drawn):
+        arrays64, hyper = drawn
+        host = []
+        for a in arrays64:
+            out = aligned_empty(a.size, dtype, offset_elements=offset).reshape(a.shape)
+            out[...] = a
+            host.append(out)
+        before64 = tuple(a.astype(np.float64) for a in host)
+        HostRawKernel.launches = []
+        getattr(fo, rule_name + "_")(*(HostCupyArray(a) for a in host), **hyper)
+        if host[0].size:
+            (name, grid, block), = HostRawKernel.launches  # one launch, on the right kernel
+            vector = offset == 0
+            assert name == cupy_cuda.kernel_names(rule, dtype)[1 if vector else 0]
+            assert (grid[0], block[0]) == cupy_cuda.launch_config(host[0].size, vector,
+                                                                  np.dtype(dtype), 2)
+        else:
+            assert HostRawKernel.launches == []
+        by_name = dict(zip(rule.arrays, host, strict=True))
+        assert_matches_oracle(rule_name, before64, [by_name[w] for w in rule.writes], hyper,
+                              np.dtype(dtype))
+
+    check()
