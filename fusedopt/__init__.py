@@ -13,17 +13,28 @@ first update runs on the CPU.
 
 from fusedopt import backends, schedules
 from fusedopt._version import __version__
+from fusedopt.arena import ParamArena
 from fusedopt.functional import adam_, adamw_, debias, ewa_, momentum_, rmsprop_, sgd_
+from fusedopt.optim import SGD, Adam, AdamW, Momentum, Optimizer, RMSprop, load, save
 
 __all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Momentum",
+    "Optimizer",
+    "ParamArena",
+    "RMSprop",
     "__version__",
     "adam_",
     "adamw_",
     "backends",
     "debias",
     "ewa_",
+    "load",
     "momentum_",
     "rmsprop_",
+    "save",
     "schedules",
     "sgd_",
 ]

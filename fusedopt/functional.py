@@ -16,7 +16,49 @@ _SGD, _MOMENTUM, _RMSPROP, _ADAM, _EWA = (RULES[n] for n in
                                           ("sgd", "momentum", "rmsprop", "adam", "ewa"))
 
 
-def sgd_(param, grad, *, lr: float, weight_decay: float = 0.0,
+# Hyperparameter checks, one per rule: the values as a dict for the rule's host scalars, or
+# an error naming the argument. Shared by the functions below and the stateful optimizers.
+def check_sgd(f: str, *, lr, weight_decay=0.0, grad_scale=1.0) -> dict:
+    return dict(lr=_checks.real(f, "lr", lr, 0.0),
+                weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
+                grad_scale=_checks.real(f, "grad_scale", grad_scale))
+
+
+def check_momentum(f: str, *, lr, beta=0.9, dampening=None, nesterov=False, weight_decay=0.0,
+                   grad_scale=1.0) -> dict:
+    return dict(
+        lr=_checks.real(f, "lr", lr, 0.0),
+        beta=_checks.beta(f, "beta", beta),
+        dampening=None if dampening is None else _checks.real(f, "dampening", dampening, 0, 1),
+        nesterov=_checks.flag(f, "nesterov", nesterov),
+        weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
+        grad_scale=_checks.real(f, "grad_scale", grad_scale),
+    )
+
+
+def check_rmsprop(f: str, *, lr, beta=0.99, eps=1e-8, weight_decay=0.0, grad_scale=1.0) -> dict:
+    return dict(lr=_checks.real(f, "lr", lr, 0.0), beta=_checks.beta(f, "beta", beta),
+                eps=_checks.real(f, "eps", eps, 0.0),
+                weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
+                grad_scale=_checks.real(f, "grad_scale", grad_scale))
+
+
+def check_adam(f: str, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+               decoupled_weight_decay=False, bias_correction=True, grad_scale=1.0) -> dict:
+    return dict(
+        step=_checks.step(f, step),
+        lr=_checks.real(f, "lr", lr, 0.0),
+        beta1=_checks.beta(f, "beta1", beta1),
+        beta2=_checks.beta(f, "beta2", beta2),
+        eps=_checks.real(f, "eps", eps, 0.0),
+        weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
+        decoupled_weight_decay=_checks.flag(f, "decoupled_weight_decay", decoupled_weight_decay),
+        bias_correction=_checks.flag(f, "bias_correction", bias_correction),
+        grad_scale=_checks.real(f, "grad_scale", grad_scale),
+    )
+
+
+def sgd_(param, grad, *, lr: float, weight_decay: float = 0.0, grad_scale: float = 1.0,
          backend: str | None = None) -> None:
     r"""Gradient descent step, in place.
 
@@ -27,21 +69,23 @@ def sgd_(param, grad, *, lr: float, weight_decay: float = 0.0,
         grad: gradient of the cost with respect to ``param``, same shape and dtype.
         lr: learning rate :math:`\alpha \ge 0`.
         weight_decay: L2 coefficient :math:`\lambda \ge 0`, added to the gradient.
+        grad_scale: the gradient is used as ``grad * grad_scale`` (a clip factor, or
+            1/loss-scale), at no extra pass over memory.
         backend: ``None`` (by array type), ``"numba"``, ``"cupy"`` or ``"numpy"``.
 
     Raises:
         TypeError, ValueError: bad input, named; nothing is changed.
     """
     f = "sgd_"
-    hyper = dict(lr=_checks.real(f, "lr", lr, 0.0),
-                 weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0))
+    hyper = check_sgd(f, lr=lr, weight_decay=weight_decay, grad_scale=grad_scale)
     impl, arrays = _checks.arrays(f, _SGD.arrays, (param, grad), _SGD.writes, backend)
     impl.update(_SGD, arrays, hyper)
 
 
 def momentum_(param, grad, velocity, *, lr: float, beta: float = 0.9,
               dampening: float | None = None, nesterov: bool = False,
-              weight_decay: float = 0.0, backend: str | None = None) -> None:
+              weight_decay: float = 0.0, grad_scale: float = 1.0,
+              backend: str | None = None) -> None:
     r"""Gradient descent with momentum, in place (param and velocity in one pass).
 
     .. math::
@@ -62,20 +106,16 @@ def momentum_(param, grad, velocity, *, lr: float, beta: float = 0.9,
         backend: ``None`` (by array type), ``"numba"``, ``"cupy"`` or ``"numpy"``.
     """
     f = "momentum_"
-    hyper = dict(
-        lr=_checks.real(f, "lr", lr, 0.0),
-        beta=_checks.beta(f, "beta", beta),
-        dampening=None if dampening is None else _checks.real(f, "dampening", dampening, 0, 1),
-        nesterov=_checks.flag(f, "nesterov", nesterov),
-        weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
-    )
+    hyper = check_momentum(f, lr=lr, beta=beta, dampening=dampening, nesterov=nesterov,
+                           weight_decay=weight_decay, grad_scale=grad_scale)
     impl, arrays = _checks.arrays(f, _MOMENTUM.arrays, (param, grad, velocity),
                                   _MOMENTUM.writes, backend)
     impl.update(_MOMENTUM, arrays, hyper)
 
 
 def rmsprop_(param, grad, sq_avg, *, lr: float, beta: float = 0.99, eps: float = 1e-8,
-             weight_decay: float = 0.0, backend: str | None = None) -> None:
+             weight_decay: float = 0.0, grad_scale: float = 1.0,
+             backend: str | None = None) -> None:
     r"""RMSprop step, in place (param and sq_avg in one pass).
 
     .. math::
@@ -95,9 +135,8 @@ def rmsprop_(param, grad, sq_avg, *, lr: float, beta: float = 0.99, eps: float =
         backend: ``None`` (by array type), ``"numba"``, ``"cupy"`` or ``"numpy"``.
     """
     f = "rmsprop_"
-    hyper = dict(lr=_checks.real(f, "lr", lr, 0.0), beta=_checks.beta(f, "beta", beta),
-                 eps=_checks.real(f, "eps", eps, 0.0),
-                 weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0))
+    hyper = check_rmsprop(f, lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
+                          grad_scale=grad_scale)
     impl, arrays = _checks.arrays(f, _RMSPROP.arrays, (param, grad, sq_avg),
                                   _RMSPROP.writes, backend)
     impl.update(_RMSPROP, arrays, hyper)
@@ -106,7 +145,8 @@ def rmsprop_(param, grad, sq_avg, *, lr: float, beta: float = 0.99, eps: float =
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step: int, lr: float = 1e-3,
           beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
           weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-          bias_correction: bool = True, backend: str | None = None) -> None:
+          bias_correction: bool = True, grad_scale: float = 1.0,
+          backend: str | None = None) -> None:
     r"""Adam (or AdamW) step, in place: param and both moments in one pass.
 
     .. math::
@@ -134,20 +174,13 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step: int, lr: float = 1e-3,
         weight_decay: :math:`\lambda \ge 0`.
         decoupled_weight_decay: AdamW (Loshchilov & Hutter) when True.
         bias_correction: divide by :math:`1-\beta^t` (True, default) or not.
+        grad_scale: the gradient is used as ``grad * grad_scale`` (see :func:`sgd_`).
         backend: ``None`` (by array type), ``"numba"``, ``"cupy"`` or ``"numpy"``.
     """
     f = "adam_"
-    hyper = dict(
-        step=_checks.step(f, step),
-        lr=_checks.real(f, "lr", lr, 0.0),
-        beta1=_checks.beta(f, "beta1", beta1),
-        beta2=_checks.beta(f, "beta2", beta2),
-        eps=_checks.real(f, "eps", eps, 0.0),
-        weight_decay=_checks.real(f, "weight_decay", weight_decay, 0.0),
-        decoupled_weight_decay=_checks.flag(f, "decoupled_weight_decay",
-                                            decoupled_weight_decay),
-        bias_correction=_checks.flag(f, "bias_correction", bias_correction),
-    )
+    hyper = check_adam(f, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                       bias_correction=bias_correction, grad_scale=grad_scale)
     impl, arrays = _checks.arrays(f, _ADAM.arrays, (param, grad, exp_avg, exp_avg_sq),
                                   _ADAM.writes, backend)
     impl.update(_ADAM, arrays, hyper)
@@ -155,7 +188,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step: int, lr: float = 1e-3,
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, *, step: int, lr: float = 1e-3,
            beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-           weight_decay: float = 1e-2, bias_correction: bool = True,
+           weight_decay: float = 1e-2, bias_correction: bool = True, grad_scale: float = 1.0,
            backend: str | None = None) -> None:
     r"""AdamW step, in place: :func:`adam_` with ``decoupled_weight_decay=True``.
 
@@ -165,7 +198,7 @@ def adamw_(param, grad, exp_avg, exp_avg_sq, *, step: int, lr: float = 1e-3,
     """
     adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2,
           eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True,
-          bias_correction=bias_correction, backend=backend)
+          bias_correction=bias_correction, grad_scale=grad_scale, backend=backend)
 
 
 def ewa_(average, value, *, beta: float, backend: str | None = None) -> None:

@@ -56,3 +56,35 @@ def xp_for(backend: str):
         return cupy
     return np
 
+
+
+@pytest.fixture(scope="session")
+def host_library(tmp_path_factory):
+    """Every generated CUDA kernel compiled for the host (see host_cuda.py)."""
+    from host_cuda import build_host_library
+
+    library = build_host_library(tmp_path_factory.mktemp("cuda_on_host"))
+    if library is None:
+        pytest.skip("no host C++ compiler (g++) to run the generated CUDA source on the CPU")
+    return library
+
+
+@pytest.fixture
+def host_cupy(host_library, monkeypatch):
+    """``cupy`` replaced by a NumPy-backed module whose kernels run on the host."""
+    import sys
+
+    from host_cuda import HostRawKernel, fake_cupy
+
+    from fusedopt.backends import cupy_cuda
+
+    module = fake_cupy(host_library)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    cupy_cuda._kernel.cache_clear()
+    cupy_cuda._multiprocessors.cache_clear()
+    cupy_cuda._sum_of_squares_kernel.cache_clear()
+    HostRawKernel.launches = []
+    yield module
+    cupy_cuda._kernel.cache_clear()
+    cupy_cuda._multiprocessors.cache_clear()
+    cupy_cuda._sum_of_squares_kernel.cache_clear()

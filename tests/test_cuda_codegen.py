@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import re
-import shutil
-import subprocess
-from types import SimpleNamespace
-from typing import ClassVar
 
+import host_cuda
 import numpy as np
 import pytest
+from host_cuda import HostRawKernel, aligned_empty
 from hypothesis import given
 from hypothesis import strategies as st
 from oracle import assert_matches_oracle
@@ -137,56 +135,6 @@ def test_literals_are_typed_to_the_compute_type():
 
 
 # ---------------------------------------------- the same source, compiled and run on the CPU
-SHIM = """
-#include <math.h>
-struct fusedopt_dim3 { unsigned int x, y, z; };
-static fusedopt_dim3 threadIdx, blockIdx, blockDim, gridDim;
-struct float4 { float x, y, z, w; };
-struct double2 { double x, y; };
-#define __global__
-#define __device__
-#define __forceinline__ inline
-"""
-
-
-def launcher(rule: Rule, dtype: str, kernel: str) -> str:
-    """A host function running every (block, thread) of a launch in turn.
-
-    Exact for these kernels: each thread owns its elements (no shared memory, no sync).
-    """
-    ctype = {"float32": "float", "float64": "double"}[dtype]
-    params = [f"{'' if a in rule.writes else 'const '}{ctype}* {a}" for a in rule.arrays]
-    params += [f"{ctype} {s}" for s in rule.scalars] + ["long long n"]
-    names = [*rule.arrays, *rule.scalars, "n"]
-    return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
-            f'{", ".join(params)}) {{\n'
-            "  gridDim.x = grid; blockDim.x = block;\n"
-            "  for (unsigned b = 0; b < grid; ++b)\n"
-            "    for (unsigned t = 0; t < block; ++t) {\n"
-            f"      blockIdx.x = b; threadIdx.x = t; {kernel}({', '.join(names)});\n"
-            "    }\n}\n")
-
-
-@pytest.fixture(scope="module")
-def host_library(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (g++) to run the generated CUDA source on the CPU")
-    parts = [SHIM]
-    for rule_name, rule in RULES.items():
-        for dtype in DTYPES:
-            parts.append(cupy_cuda.cuda_source(rule_name, dtype))
-            parts.extend(launcher(rule, dtype, k) for k in cupy_cuda.kernel_names(rule, dtype))
-    directory = tmp_path_factory.mktemp("cuda_on_host")
-    source = directory / "kernels.cpp"
-    source.write_text("\n".join(parts))
-    library = directory / "kernels.so"
-    # -ffp-contract=off: no fused multiply-adds the source did not ask for.
-    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
-                    str(source), "-o", str(library)], check=True, capture_output=True)
-    return ctypes.CDLL(str(library))
-
-
 def run_on_host(library, rule: Rule, dtype: str, arrays, scalars, vector: bool,
                 grid: int, block: int):
     kernel = cupy_cuda.kernel_names(rule, dtype)[1 if vector else 0]
@@ -195,14 +143,6 @@ def run_on_host(library, rule: Rule, dtype: str, arrays, scalars, vector: bool,
     function.argtypes = ([ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * len(arrays)
                          + [scalar_type] * len(scalars) + [ctypes.c_longlong])
     function(grid, block, *(a.ctypes.data for a in arrays), *scalars, arrays[0].size)
-
-
-def aligned_empty(n: int, dtype, offset_elements: int = 0) -> np.ndarray:
-    """An array starting ``offset_elements`` past a 64-byte boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(n * itemsize + 128, np.uint8)
-    start = (-raw.ctypes.data) % 64 + offset_elements * itemsize
-    return raw[start:start + n * itemsize].view(dtype)
 
 
 @pytest.mark.parametrize("variant", ["scalar", "vector"])
@@ -226,8 +166,8 @@ def test_translated_kernel_matches_oracle_on_the_host(host_library, rule_name, d
         scalars = [np.dtype(dtype).type(s) for s in rule.host_scalars(**hyper)]
         run_on_host(host_library, rule, dtype, arrays, scalars, vector, grid, block)
         by_name = dict(zip(rule.arrays, arrays, strict=True))
-        assert_matches_oracle(rule_name, before64, [by_name[w] for w in rule.writes], hyper,
-                              np.dtype(dtype))
+        assert_matches_oracle(rule_name, before64, [np.array(by_name[w]) for w in rule.writes],
+                              hyper, np.dtype(dtype))
 
     check()
 
@@ -251,71 +191,6 @@ def test_launch_config_fills_the_gpu_then_strides():
 
 
 # ------------------------- the whole CuPy path, with the kernels launched on the host
-class HostCupyArray:
-    """A stand-in for cupy.ndarray over host memory: what fusedopt reads of a CuPy array."""
-
-    def __init__(self, array: np.ndarray, device: int = 0):
-        self.host = array
-        self.dtype, self.shape, self.size, self.nbytes = (array.dtype, array.shape, array.size,
-                                                          array.nbytes)
-        self.flags = array.flags
-        self.device = SimpleNamespace(id=device)
-        self.data = SimpleNamespace(ptr=array.ctypes.data)
-
-
-HostCupyArray.__module__ = "cupy._core.core"
-
-
-class HostRawKernel:
-    """cupy.RawKernel, launching the host-compiled translation unit instead of a GPU."""
-
-    launches: ClassVar[list] = []
-
-    def __init__(self, library, source: str, name: str, options=()):
-        self.library, self.source, self.name = library, source, name
-
-    def compile(self):
-        assert f'extern "C" __global__ void {self.name}(' in self.source
-
-    def __call__(self, grid, block, args):
-        converted = []
-        for arg in args:
-            if isinstance(arg, HostCupyArray):
-                converted.append(ctypes.c_void_p(arg.data.ptr))
-            elif isinstance(arg, np.int64):
-                converted.append(ctypes.c_longlong(int(arg)))
-            elif isinstance(arg, np.float32):
-                converted.append(ctypes.c_float(arg))
-            elif isinstance(arg, np.float64):
-                converted.append(ctypes.c_double(arg))
-            else:
-                raise AssertionError(f"unexpected kernel argument {arg!r}")
-        HostRawKernel.launches.append((self.name, grid, block))
-        getattr(self.library, f"launch_{self.name}")(ctypes.c_uint(grid[0]),
-                                                      ctypes.c_uint(block[0]), *converted)
-
-
-@pytest.fixture
-def host_cupy(host_library, monkeypatch):
-    """A ``cupy`` module whose kernels run on the CPU; fusedopt's CuPy path runs unchanged."""
-    import contextlib
-    import sys
-    import types
-
-    fake = types.ModuleType("cupy")
-    fake.RawKernel = lambda source, name, options=(): HostRawKernel(host_library, source, name)
-    fake.cuda = SimpleNamespace(
-        Device=lambda device_id: contextlib.nullcontext(),
-        runtime=SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 2}))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    cupy_cuda._kernel.cache_clear()
-    cupy_cuda._multiprocessors.cache_clear()
-    HostRawKernel.launches = []
-    yield fake
-    cupy_cuda._kernel.cache_clear()
-    cupy_cuda._multiprocessors.cache_clear()
-
-
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule_name", list(RULES))
@@ -332,10 +207,10 @@ def test_cupy_backend_end_to_end_on_the_host(host_cupy, rule_name, dtype, offset
         for a in arrays64:
             out = aligned_empty(a.size, dtype, offset_elements=offset).reshape(a.shape)
             out[...] = a
-            host.append(out)
-        before64 = tuple(a.astype(np.float64) for a in host)
+            host.append(out.view(host_cuda.ndarray))
+        before64 = tuple(np.array(a, dtype=np.float64) for a in host)
         HostRawKernel.launches = []
-        getattr(fo, rule_name + "_")(*(HostCupyArray(a) for a in host), **hyper)
+        getattr(fo, rule_name + "_")(*host, **hyper)
         if host[0].size:
             (name, grid, block), = HostRawKernel.launches  # one launch, on the right kernel
             vector = offset == 0
@@ -345,7 +220,7 @@ def test_cupy_backend_end_to_end_on_the_host(host_cupy, rule_name, dtype, offset
         else:
             assert HostRawKernel.launches == []
         by_name = dict(zip(rule.arrays, host, strict=True))
-        assert_matches_oracle(rule_name, before64, [by_name[w] for w in rule.writes], hyper,
-                              np.dtype(dtype))
+        assert_matches_oracle(rule_name, before64, [np.array(by_name[w]) for w in rule.writes],
+                              hyper, np.dtype(dtype))
 
     check()

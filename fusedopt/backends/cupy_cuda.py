@@ -319,8 +319,14 @@ def launch_config(n: int, vector: bool, dtype, multiprocessors: int) -> tuple[in
     return blocks, threads
 
 
-def update(rule: Rule, arrays: tuple, hyper: dict) -> None:
-    """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""
+def prepare(rule: Rule, hyper: dict, dtype) -> tuple:
+    """The step's scalars in the arrays' dtype, passed to the kernel by value."""
+    to = np.dtype(dtype).type
+    return tuple(to(s) for s in rule.host_scalars(**hyper))
+
+
+def launch(rule: Rule, arrays: tuple, scalars: tuple) -> None:
+    """Launch ``rule`` over ``arrays`` (CuPy, one device) on the current stream; no sync."""
     first = arrays[0]
     n = first.size
     if n == 0:
@@ -330,9 +336,28 @@ def update(rule: Rule, arrays: tuple, hyper: dict) -> None:
     vector = use_vector_kernel([a.data.ptr for a in arrays], dtype.itemsize)
     kernel = _kernel(rule.name, dtype.name, device_id, vector)
     blocks, threads = launch_config(n, vector, dtype, _multiprocessors(device_id))
-    to = dtype.type
-    scalars = tuple(to(s) for s in rule.host_scalars(**hyper))
     import cupy
 
     with cupy.cuda.Device(device_id):
         kernel((blocks,), (threads,), (*arrays, *scalars, np.int64(n)))
+
+
+def update(rule: Rule, arrays: tuple, hyper: dict) -> None:
+    """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""
+    launch(rule, arrays, prepare(rule, hyper, arrays[0].dtype))
+
+
+@cache
+def _sum_of_squares_kernel():
+    import cupy
+
+    return cupy.ReductionKernel("T x", "float64 total", "(double)x * (double)x", "a + b",
+                                "total = a", "0", "fusedopt_sum_of_squares")
+
+
+def sum_of_squares(array) -> float:
+    """``sum(x*x)`` in float64 on the device; reading the result synchronises with the host."""
+    import cupy
+
+    with cupy.cuda.Device(array.device.id):
+        return float(_sum_of_squares_kernel()(array.reshape(-1)))

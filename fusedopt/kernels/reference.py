@@ -12,38 +12,39 @@ from __future__ import annotations
 import numpy as np
 
 
-def sgd(param, grad, *, lr, weight_decay=0.0):
-    """``g = grad + wd*param; param - lr*g``. Returns ``(param,)``."""
-    g = grad + weight_decay * param
+def sgd(param, grad, *, lr, weight_decay=0.0, grad_scale=1.0):
+    """``g = grad*grad_scale + wd*param; param - lr*g``. Returns ``(param,)``."""
+    g = grad * grad_scale + weight_decay * param
     return (param - lr * g,)
 
 
 def momentum(param, grad, velocity, *, lr, beta=0.9, dampening=None, nesterov=False,
-             weight_decay=0.0):
+             weight_decay=0.0, grad_scale=1.0):
     """``v = beta*v + (1-d)*g; param - lr*(g + beta*v if nesterov else v)``, ``d = beta`` if None.
 
-    Returns ``(param, velocity)``.
+    ``g = grad*grad_scale + wd*param``. Returns ``(param, velocity)``.
     """
     d = beta if dampening is None else dampening
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     velocity = beta * velocity + (1 - d) * g
     update = g + beta * velocity if nesterov else velocity
     return param - lr * update, velocity
 
 
-def rmsprop(param, grad, sq_avg, *, lr, beta=0.99, eps=1e-8, weight_decay=0.0):
+def rmsprop(param, grad, sq_avg, *, lr, beta=0.99, eps=1e-8, weight_decay=0.0, grad_scale=1.0):
     """``s = beta*s + (1-beta)*g*g; param - lr*g/(sqrt(s)+eps)``. Returns ``(param, sq_avg)``."""
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     sq_avg = beta * sq_avg + (1 - beta) * g * g
     return param - lr * g / (np.sqrt(sq_avg) + eps), sq_avg
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-         weight_decay=0.0, decoupled_weight_decay=False, bias_correction=True):
+         weight_decay=0.0, decoupled_weight_decay=False, bias_correction=True, grad_scale=1.0):
     """Adam / AdamW exactly as Algorithm 1 of Kingma & Ba (eps outside the sqrt).
 
     Returns ``(param, exp_avg, exp_avg_sq)``.
     """
+    grad = grad * grad_scale
     if decoupled_weight_decay:
         param = param * (1 - lr * weight_decay)
         g = grad

@@ -70,44 +70,49 @@ def _rule(arrays: tuple[str, ...], writes: tuple[str, ...], host_scalars: Callab
 
 
 # --------------------------------------------------------------------------- SGD
-def sgd_scalars(*, lr: float, weight_decay: float) -> tuple[float, ...]:
+def sgd_scalars(*, lr: float, weight_decay: float, grad_scale: float = 1.0) -> tuple[float, ...]:
     """Host scalars of :func:`sgd`."""
-    return (lr, weight_decay)
+    return (grad_scale, lr, weight_decay)
 
 
 @_rule(arrays=("param", "grad"), writes=("param",), host_scalars=sgd_scalars)
-def sgd(param, grad, lr, weight_decay):
+def sgd(param, grad, grad_scale, lr, weight_decay):
     r"""Plain (stochastic, mini-batch or batch) gradient descent.
 
-    .. math::  g = \nabla + \lambda\,\theta, \qquad \theta \leftarrow \theta - \alpha\, g
+    .. math::  g = s\nabla + \lambda\,\theta, \qquad \theta \leftarrow \theta - \alpha\, g
+
+    ``grad_scale`` (:math:`s`) carries a clip factor or an inverse loss scale
+    into the same pass (1 otherwise).
     """
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     return (param - lr * g,)
 
 
 # ---------------------------------------------------------------------- Momentum
 def momentum_scalars(
-    *, lr: float, beta: float, dampening: float | None, weight_decay: float, nesterov: bool
+    *, lr: float, beta: float, dampening: float | None, weight_decay: float, nesterov: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """Host scalars of :func:`momentum`; ``dampening=None`` is the lecture's ``beta``."""
     d = beta if dampening is None else dampening
-    return (lr, beta, 1.0 - d, weight_decay, 1.0 if nesterov else 0.0)
+    return (grad_scale, lr, beta, 1.0 - d, weight_decay, 1.0 if nesterov else 0.0)
 
 
 @_rule(arrays=("param", "grad", "velocity"), writes=("param", "velocity"),
        host_scalars=momentum_scalars)
-def momentum(param, grad, velocity, lr, beta, one_minus_dampening, weight_decay, nesterov):
+def momentum(param, grad, velocity, grad_scale, lr, beta, one_minus_dampening, weight_decay,
+             nesterov):
     r"""Gradient descent with momentum.
 
     .. math::
-        g = \nabla + \lambda\theta,\quad
+        g = s\nabla + \lambda\theta,\quad
         v \leftarrow \beta v + (1-d)\,g,\quad
         \theta \leftarrow \theta - \alpha\,(g + \beta v \text{ if nesterov else } v)
 
     ``d = beta`` is the lecture's form (``v`` is an exponentially weighted
     average of the gradients); ``d = 0`` is torch.optim.SGD's ``momentum``.
     """
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     velocity = beta * velocity + one_minus_dampening * g
     update = g + beta * velocity if nesterov else velocity
     return param - lr * update, velocity
@@ -115,25 +120,26 @@ def momentum(param, grad, velocity, lr, beta, one_minus_dampening, weight_decay,
 
 # ----------------------------------------------------------------------- RMSprop
 def rmsprop_scalars(
-    *, lr: float, beta: float, eps: float, weight_decay: float
+    *, lr: float, beta: float, eps: float, weight_decay: float, grad_scale: float = 1.0
 ) -> tuple[float, ...]:
     """Host scalars of :func:`rmsprop`."""
-    return (lr, beta, 1.0 - beta, eps, weight_decay)
+    return (grad_scale, lr, beta, 1.0 - beta, eps, weight_decay)
 
 
 @_rule(arrays=("param", "grad", "sq_avg"), writes=("param", "sq_avg"),
        host_scalars=rmsprop_scalars)
-def rmsprop(param, grad, sq_avg, lr, beta, one_minus_beta, eps, weight_decay):
+def rmsprop(param, grad, sq_avg, grad_scale, lr, beta, one_minus_beta, eps, weight_decay):
     r"""Root mean square propagation.
 
     .. math::
-        g = \nabla + \lambda\theta,\quad
+        g = c\nabla + \lambda\theta,\quad
         s \leftarrow \beta s + (1-\beta) g^2,\quad
         \theta \leftarrow \theta - \alpha\, g / (\sqrt{s} + \epsilon)
 
-    ``eps`` outside the square root, as torch.optim.RMSprop (``alpha=beta``).
+    ``eps`` outside the square root, as torch.optim.RMSprop (``alpha=beta``);
+    :math:`c` is ``grad_scale``.
     """
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     sq_avg = beta * sq_avg + one_minus_beta * g * g
     return param - lr * g / (sqrt(sq_avg) + eps), sq_avg
 
@@ -149,6 +155,7 @@ def adam_scalars(
     weight_decay: float,
     decoupled_weight_decay: bool,
     bias_correction: bool,
+    grad_scale: float = 1.0,
 ) -> tuple[float, ...]:
     """Host scalars of :func:`adam`, in float64: bias corrections folded into the step size."""
     if bias_correction:
@@ -160,19 +167,19 @@ def adam_scalars(
         param_scale, coupled_decay = 1.0 - lr * weight_decay, 0.0
     else:
         param_scale, coupled_decay = 1.0, weight_decay
-    return (beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / sqrt(bc2), eps,
+    return (grad_scale, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / sqrt(bc2), eps,
             coupled_decay, param_scale)
 
 
 @_rule(arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
        writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=adam_scalars)
-def adam(param, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2, one_minus_beta2,
-         step_size, inv_sqrt_bc2, eps, weight_decay, param_scale):
+def adam(param, grad, exp_avg, exp_avg_sq, grad_scale, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, step_size, inv_sqrt_bc2, eps, weight_decay, param_scale):
     r"""Adam, and AdamW by decoupled weight decay.
 
     .. math::
         \theta &\leftarrow \theta\,(1 - \alpha\lambda_{\mathrm{decoupled}}) \\
-        g &= \nabla + \lambda_{\mathrm{coupled}}\,\theta \\
+        g &= s\nabla + \lambda_{\mathrm{coupled}}\,\theta \\
         m &\leftarrow \beta_1 m + (1-\beta_1) g, \qquad
         v \leftarrow \beta_2 v + (1-\beta_2) g^2 \\
         \theta &\leftarrow \theta - \frac{\alpha}{1-\beta_1^t}\,
@@ -180,10 +187,11 @@ def adam(param, grad, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2, one_mi
 
     ``eps`` is outside the square root and after bias correction (Kingma & Ba,
     torch, optax); the bias corrections are folded into ``step_size`` and
-    ``inv_sqrt_bc2`` on the host.
+    ``inv_sqrt_bc2`` on the host; :math:`s` is ``grad_scale`` (a clip factor or
+    an inverse loss scale, 1 otherwise).
     """
     param = param * param_scale
-    g = grad + weight_decay * param
+    g = grad * grad_scale + weight_decay * param
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = sqrt(exp_avg_sq) * inv_sqrt_bc2 + eps

@@ -1,0 +1,155 @@
+"""``ParamArena``: each dtype's parameters in one contiguous buffer, and the gradients in another.
+
+With the whole model in one buffer, one kernel launch updates every tensor
+(peers launch once per tensor, or loop over tensor lists), and a gradient
+norm, a checkpoint or an all-reduce sees one array. The trainer works on the
+views: ``arena.params[i]`` and ``arena.grads[i]`` have the original shapes and
+write straight into the buffers, e.g. ``np.matmul(dZ, A.T, out=arena.grads[i])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Integral
+
+import numpy as np
+
+from fusedopt import _checks
+
+_ALIGN_BYTES = 64  # each tensor starts on a cache line (and a 16-byte CUDA vector boundary)
+
+
+def _module(kind: str):
+    if kind == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _aligned_zeros(xp, n: int, dtype: np.dtype):
+    """Zeros whose first element sits on an ``_ALIGN_BYTES`` boundary."""
+    if xp is not np:
+        return xp.zeros(n, dtype)  # CuPy's allocator already aligns to 256 bytes
+    pad = _ALIGN_BYTES // dtype.itemsize
+    raw = np.zeros(n + pad, dtype)
+    start = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
+    return raw[start:start + n]
+
+
+def _is_shape(item) -> bool:
+    if isinstance(item, Integral) and not isinstance(item, bool):
+        return True
+    return isinstance(item, tuple) and all(
+        isinstance(d, Integral) and not isinstance(d, bool) for d in item)
+
+
+class ParamArena:
+    """Parameters and gradients in one contiguous buffer per dtype.
+
+    Args:
+        arrays_or_shapes: arrays (NumPy, CuPy, or tensors shared through
+            DLPack; their values are copied in) or shapes (ints or tuples; the
+            parameters start at zero), or a mix.
+        dtype: the dtype of every tensor (float32 or float64). ``None`` keeps
+            each array's own dtype, and float32 for shapes.
+        xp: where shapes are allocated: ``"numpy"`` (default) or ``"cupy"``.
+            Built from arrays, the arena lives where they live.
+
+    Attributes:
+        params: views of the parameter buffer(s), in the original order and shapes.
+        grads: views of the gradient buffer(s), zeros to start with.
+        buffers: ``dtype -> (param_buffer, grad_buffer)``, the flat buffers.
+    """
+
+    def __init__(self, arrays_or_shapes: Sequence, dtype=None, *, xp: str | None = None):
+        items = list(arrays_or_shapes)
+        if not items:
+            raise ValueError("ParamArena: arrays_or_shapes is empty; pass the model's arrays "
+                             "or their shapes")
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype not in _checks._FLOAT_DTYPES:
+                raise TypeError(f"ParamArena: dtype={dtype} is not supported; use float32 or "
+                                "float64")
+        sources, shapes, dtypes, kinds = [], [], [], set()
+        for i, item in enumerate(items):
+            if _is_shape(item):
+                shape = (int(item),) if isinstance(item, Integral) else tuple(int(d) for d in item)
+                if any(d < 0 for d in shape):
+                    raise ValueError(f"ParamArena: shape {i} {shape} has a negative size")
+                sources.append(None)
+                shapes.append(shape)
+                dtypes.append(dtype or np.dtype(np.float32))
+                continue
+            kind = _checks.array_kind(item)
+            if kind == "dlpack":
+                item = _checks._from_dlpack("ParamArena", f"arrays_or_shapes[{i}]", item)
+                kind = _checks.array_kind(item)
+            if kind == "other":
+                raise TypeError(f"ParamArena: arrays_or_shapes[{i}] is a {type(item).__name__}; "
+                                "pass NumPy or CuPy arrays, or shapes as tuples")
+            own = np.dtype(item.dtype)
+            if dtype is None and own not in _checks._FLOAT_DTYPES:
+                raise TypeError(f"ParamArena: arrays_or_shapes[{i}] has dtype {own}; pass "
+                                "dtype=np.float32 (or float64) to convert it")
+            kinds.add(kind)
+            sources.append(item)
+            shapes.append(tuple(item.shape))
+            dtypes.append(dtype or own)
+        if len(kinds) > 1:
+            raise TypeError("ParamArena: NumPy and CuPy arrays mixed; an arena lives on one "
+                            "device")
+        if kinds and xp is not None and xp not in kinds:
+            raise ValueError(f"ParamArena: xp={xp!r} but the arrays are {kinds.pop()} arrays")
+        kind = kinds.pop() if kinds else (xp or "numpy")
+        if kind not in ("numpy", "cupy"):
+            raise ValueError(f"ParamArena: xp={xp!r}; choose 'numpy' or 'cupy'")
+        self.kind = kind
+        module = _module(kind)
+        if kind == "cupy":
+            devices = {s.device.id for s in sources if s is not None}
+            if len(devices) > 1:
+                raise ValueError(f"ParamArena: the arrays are on GPUs {sorted(devices)}; an "
+                                 "arena lives on one device")
+        # Lay each dtype's tensors out in order, each starting on an aligned offset.
+        self.shapes = shapes
+        self.dtypes = dtypes
+        self.layout: list[tuple[np.dtype, int, int]] = []  # (dtype, offset, size) per tensor
+        totals: dict[np.dtype, int] = {}
+        for shape, dt in zip(shapes, dtypes, strict=True):
+            size = int(np.prod(shape, dtype=np.int64))
+            step = _ALIGN_BYTES // dt.itemsize
+            offset = -(-totals.get(dt, 0) // step) * step
+            self.layout.append((dt, offset, size))
+            totals[dt] = offset + size
+        self.buffers = {dt: (_aligned_zeros(module, n, dt), _aligned_zeros(module, n, dt))
+                        for dt, n in totals.items()}
+        self.params = self.views({dt: bufs[0] for dt, bufs in self.buffers.items()})
+        self.grads = self.views({dt: bufs[1] for dt, bufs in self.buffers.items()})
+        for view, source in zip(self.params, sources, strict=True):
+            if source is not None:
+                view[...] = source  # copies (and converts the dtype where asked)
+
+    def views(self, flat: dict) -> list:
+        """Per-tensor views, in the original shapes, of one flat buffer per dtype."""
+        return [flat[dt][offset:offset + size].reshape(shape)
+                for (dt, offset, size), shape in zip(self.layout, self.shapes, strict=True)]
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (one fill per dtype)."""
+        for _, grad in self.buffers.values():
+            grad.fill(0)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def size(self) -> int:
+        """Elements in all parameter buffers (alignment padding included)."""
+        return sum(p.size for p, _ in self.buffers.values())
+
+    def __repr__(self) -> str:
+        per_dtype = ", ".join(f"{dt.name}: {p.size} elements" for dt, (p, _) in
+                              self.buffers.items())
+        return f"ParamArena({len(self)} tensors on {self.kind}; {per_dtype})"

@@ -1,0 +1,158 @@
+"""The CUDA backend on a machine with no GPU: the generated kernels, compiled for the host.
+
+* :func:`build_host_library` compiles every rule's CUDA translation unit (the
+  exact text of ``cuda_source``) with the host C++ compiler behind a few lines
+  of shim (``__global__``, ``threadIdx``, ``float4``...), plus a launcher per
+  kernel that runs each (block, thread) of a launch in turn. That is exact for
+  these kernels: every thread owns its elements (no shared memory, no sync).
+* :func:`fake_cupy` is a ``cupy`` module backed by NumPy whose ``RawKernel``
+  launches those host kernels: fusedopt's whole CuPy path (checks, dispatch,
+  arenas, optimizers, checkpoints) runs unchanged on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shutil
+import subprocess
+import types
+from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+
+from fusedopt.backends import cupy_cuda
+from fusedopt.kernels.rules import RULES, Rule
+
+DTYPES = ("float32", "float64")
+
+SHIM = """
+#include <math.h>
+struct fusedopt_dim3 { unsigned int x, y, z; };
+static fusedopt_dim3 threadIdx, blockIdx, blockDim, gridDim;
+struct float4 { float x, y, z, w; };
+struct double2 { double x, y; };
+#define __global__
+#define __device__
+#define __forceinline__ inline
+"""
+
+
+def launcher(rule: Rule, dtype: str, kernel: str) -> str:
+    """C++ for ``launch_<kernel>(grid, block, <kernel's arguments>)``."""
+    ctype = {"float32": "float", "float64": "double"}[dtype]
+    params = [f"{'' if a in rule.writes else 'const '}{ctype}* {a}" for a in rule.arrays]
+    params += [f"{ctype} {s}" for s in rule.scalars] + ["long long n"]
+    names = [*rule.arrays, *rule.scalars, "n"]
+    return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
+            f'{", ".join(params)}) {{\n'
+            "  gridDim.x = grid; blockDim.x = block;\n"
+            "  for (unsigned b = 0; b < grid; ++b)\n"
+            "    for (unsigned t = 0; t < block; ++t) {\n"
+            f"      blockIdx.x = b; threadIdx.x = t; {kernel}({', '.join(names)});\n"
+            "    }\n}\n")
+
+
+def build_host_library(directory: Path) -> ctypes.CDLL | None:
+    """Every rule's CUDA source compiled for the host; None without a C++ compiler."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        return None
+    parts = [SHIM]
+    for rule_name, rule in RULES.items():
+        for dtype in DTYPES:
+            parts.append(cupy_cuda.cuda_source(rule_name, dtype))
+            parts.extend(launcher(rule, dtype, k) for k in cupy_cuda.kernel_names(rule, dtype))
+    source = directory / "kernels.cpp"
+    source.write_text("\n".join(parts))
+    library = directory / "kernels.so"
+    # -ffp-contract=off: no fused multiply-adds the source did not ask for.
+    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
+                    str(source), "-o", str(library)], check=True, capture_output=True)
+    return ctypes.CDLL(str(library))
+
+
+def aligned_empty(n: int, dtype, offset_elements: int = 0) -> np.ndarray:
+    """An array starting ``offset_elements`` past a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n * itemsize + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset_elements * itemsize
+    return raw[start:start + n * itemsize].view(dtype)
+
+
+class ndarray(np.ndarray):
+    """NumPy memory that fusedopt takes for a CuPy array on GPU 0."""
+
+    @property
+    def data(self):
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
+    def device(self):
+        return SimpleNamespace(id=0)
+
+    def get(self) -> np.ndarray:
+        return np.array(self)
+
+
+ndarray.__module__ = "cupy._core.core"
+
+
+class HostRawKernel:
+    """cupy.RawKernel, launching the host-compiled translation unit instead of a GPU."""
+
+    launches: ClassVar[list] = []
+
+    def __init__(self, library, source: str, name: str):
+        self.library, self.source, self.name = library, source, name
+
+    def compile(self):
+        assert f'extern "C" __global__ void {self.name}(' in self.source
+
+    def __call__(self, grid, block, args):
+        converted = []
+        for arg in args:
+            if isinstance(arg, ndarray):
+                converted.append(ctypes.c_void_p(arg.data.ptr))
+            elif isinstance(arg, np.int64):
+                converted.append(ctypes.c_longlong(int(arg)))
+            elif isinstance(arg, np.float32):
+                converted.append(ctypes.c_float(arg))
+            elif isinstance(arg, np.float64):
+                converted.append(ctypes.c_double(arg))
+            else:
+                raise AssertionError(f"unexpected kernel argument {type(arg).__name__}")
+        HostRawKernel.launches.append((self.name, grid, block))
+        getattr(self.library, f"launch_{self.name}")(ctypes.c_uint(grid[0]),
+                                                      ctypes.c_uint(block[0]), *converted)
+
+
+def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map, identity, name):
+    assert name == "fusedopt_sum_of_squares" and map_expr == "(double)x * (double)x"
+
+    def run(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.float64(np.sum(x * x))
+
+    return run
+
+
+def fake_cupy(library) -> types.ModuleType:
+    """A NumPy-backed ``cupy`` module: arrays are :class:`ndarray`, kernels run on the host."""
+    module = types.ModuleType("cupy")
+    module.__version__ = "host-emulation"
+    module.ndarray = ndarray
+    module.float32, module.float64 = np.float32, np.float64
+    module.zeros = lambda shape, dtype=float: np.zeros(shape, dtype).view(ndarray)
+    module.empty = lambda shape, dtype=float: np.empty(shape, dtype).view(ndarray)
+    module.zeros_like = lambda a: np.zeros_like(a).view(ndarray)
+    module.asarray = lambda a, dtype=None: np.array(a, dtype=dtype).view(ndarray)
+    module.RawKernel = lambda source, name, options=(): HostRawKernel(library, source, name)
+    module.ReductionKernel = _reduction_kernel
+    module.cuda = SimpleNamespace(
+        Device=lambda device_id=0: contextlib.nullcontext(),
+        runtime=SimpleNamespace(getDeviceCount=lambda: 1,
+                                getDeviceProperties=lambda i: {"multiProcessorCount": 2}))
+    return module
