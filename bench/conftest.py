@@ -15,7 +15,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     results = []
     for b in session.benchmarks:
-        if b.has_error or not b.stats:
+        if b.has_error or not b.stats or "rule" not in b.extra_info:
             continue
         info = b.extra_info
         results.append(bench.Result(info["rule"], info["impl"], info["n"], b.stats.median,

@@ -126,6 +126,29 @@ def _inner_calls(step: Callable[[], None], target_s: float = 2e-3) -> int:
     return max(1, int(target_s / once))
 
 
+def _round_robin(steps: dict[str, Callable[[], None]], min_repeats: int,
+                 min_seconds: float) -> tuple[dict[str, list[float]], int]:
+    """Seconds per call of each step, sampled in interleaved rounds (drift hits all alike)."""
+    prepared = {}
+    for impl, step in steps.items():
+        for _ in range(2):  # compile, touch the pages, fill the caches
+            step()
+        prepared[impl] = (step, _inner_calls(step))
+    samples: dict[str, list[float]] = {impl: [] for impl in prepared}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < min_repeats or time.perf_counter() - started < min_seconds:
+        for impl, (step, inner) in prepared.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                step()
+            samples[impl].append((time.perf_counter() - t0) / inner)
+        rounds += 1
+        if rounds >= 200:
+            break
+    return samples, rounds
+
+
 def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = None,
             min_seconds: float | None = None, dtype=np.float32,
             progress: Callable[[str], None] | None = None) -> list[Result]:
@@ -136,21 +159,8 @@ def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = No
     for impl in impls:
         step = make_step(rule_name, impl, n, dtype)
         if step is not None:
-            for _ in range(2):  # compile, touch the pages, fill the caches
-                step()
-            steps[impl] = (step, _inner_calls(step))
-    samples: dict[str, list[float]] = {impl: [] for impl in steps}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < min_repeats or time.perf_counter() - started < min_seconds:
-        for impl, (step, inner) in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                step()
-            samples[impl].append((time.perf_counter() - t0) / inner)
-        rounds += 1
-        if rounds >= 200:
-            break
+            steps[impl] = step
+    samples, rounds = _round_robin(steps, min_repeats, min_seconds)
     if progress:
         progress(f"{rule_name} n={n}: {rounds} rounds")
     itemsize = np.dtype(dtype).itemsize
@@ -160,6 +170,105 @@ def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = No
     del steps
     gc.collect()
     return results
+
+
+# ----------------------------------------------------- a whole model: 157 tensors
+MODEL_IMPLS: tuple[str, ...] = ("arena", "list", "arena_clip_nonfinite", "floor",
+                                "torch_fused", "torch_foreach")
+
+
+def transformer_like_shapes(layers: int = 12, d: int = 256, vocab: int = 5000,
+                            mlp: int = 4) -> list[tuple[int, ...]]:
+    """ANCHORS.md's set: 12 layers at d=256 (13 tensors each) and a 5000x256 embedding.
+
+    157 tensors, 10.76M parameters.
+    """
+    shapes: list[tuple[int, ...]] = [(vocab, d)]
+    for _ in range(layers):
+        shapes += [(d, 3 * d), (3 * d,), (d, d), (d,),            # attention
+                   (d,), (d,), (d,), (d,),                        # two layer norms
+                   (d, mlp * d), (mlp * d,), (mlp * d, d), (d,),  # MLP
+                   (d,)]                                          # a layer scale
+    return shapes
+
+
+def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | None:
+    """One Adam step over the whole set of tensors, or None where ``impl`` is unavailable."""
+    from fusedopt.arena import ParamArena
+    from fusedopt.optim import Adam
+
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    if impl in ("arena", "arena_clip_nonfinite", "floor"):
+        arena = ParamArena(params)
+        for view, g in zip(arena.grads, grads, strict=True):
+            view[...] = g
+        if impl == "floor":
+            from fusedopt.backends import numba_cpu
+
+            (p, g), = arena.buffers.values()
+            m, v = np.zeros_like(p), np.zeros_like(p)
+            return lambda: numba_cpu.floor(RULES["adam"], (p, g, m, v))
+        extra = (dict(max_grad_norm=1e9, nonfinite="skip") if impl == "arena_clip_nonfinite"
+                 else {})
+        return Adam(arena, lr=1e-3, **extra).step
+    if impl == "list":
+        opt = Adam(params, lr=1e-3)
+        return lambda: opt.step(grads)
+    if impl in ("torch_fused", "torch_foreach"):
+        try:
+            import torch
+        except ImportError:
+            return None
+        tparams = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
+        for tp, g in zip(tparams, grads, strict=True):
+            tp.grad = torch.from_numpy(g)
+        flag = {"torch_fused": "fused", "torch_foreach": "foreach"}[impl]
+        return torch.optim.Adam(tparams, lr=1e-3, **{flag: True}).step
+    raise ValueError(f"impl={impl!r} is not one of {MODEL_IMPLS}")
+
+
+def measure_model(impls=MODEL_IMPLS, *, shapes=None, min_repeats: int | None = None,
+                  min_seconds: float | None = None) -> list[dict]:
+    """Adam over the 157-tensor set: each implementation's median step, and the ratios."""
+    shapes = transformer_like_shapes() if shapes is None else shapes
+    min_repeats = config.BENCH_MIN_REPEATS if min_repeats is None else min_repeats
+    min_seconds = config.BENCH_MIN_SECONDS if min_seconds is None else min_seconds
+    steps = {}
+    for impl in impls:
+        step = make_model_step(impl, shapes)
+        if step is not None:
+            steps[impl] = step
+    samples, _ = _round_robin(steps, min_repeats, min_seconds)
+    medians = {impl: statistics.median(t) for impl, t in samples.items()}
+    n = sum(int(np.prod(s)) for s in shapes)
+
+    def ratio(median, base):
+        return median / medians[base] if base in medians else None
+
+    rows = [{"impl": impl, "tensors": len(shapes), "elements": n, "median_s": median,
+             "samples": len(samples[impl]), "x_torch_fused": ratio(median, "torch_fused"),
+             "x_arena": ratio(median, "arena"), "x_floor": ratio(median, "floor")}
+            for impl, median in medians.items()]
+    del steps
+    gc.collect()
+    return rows
+
+
+def format_model_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`measure_model` rows."""
+    def num(x):
+        return f"{x:>14.2f}" if x is not None else f"{'-':>14}"
+
+    first = rows[0]
+    lines = [f"Adam over {first['tensors']} tensors, {first['elements']:,} fp32 parameters",
+             f"{'impl':<22}{'median':>11}{'x torch fused':>14}{'x arena':>14}{'x floor':>14}",
+             "-" * 75]
+    for r in rows:
+        lines.append(f"{r['impl']:<22}{r['median_s'] * 1e3:>8.3f} ms{num(r['x_torch_fused'])}"
+                     f"{num(r['x_arena'])}{num(r['x_floor'])}")
+    return "\n".join(lines)
 
 
 def run(rules=BENCH_RULES, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:

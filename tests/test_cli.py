@@ -71,3 +71,12 @@ def test_bad_flags_exit_2_with_one_clear_line(args, word):
     out = fusedopt(*args)
     assert out.returncode == 2
     assert word in out.stderr
+
+
+def test_bench_model_json():
+    out = fusedopt("bench", "--model", "--repeats", "2", "--seconds", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["impl"]: r for r in json.loads(out.stdout)["model"]}
+    assert {"arena", "list", "arena_clip_nonfinite", "floor"} <= set(rows)
+    assert rows["arena"]["tensors"] == 157 and rows["arena"]["elements"] == 10_760_192
+    assert rows["arena"]["x_arena"] == 1.0
