@@ -103,3 +103,28 @@ def test_every_rule_matches_the_oracle_on_the_device(cupy, rule_name, dtype, n):
     for seed, scale in ((0, 1.0), (1, 1e-3), (2, 1e3)):
         arrays64, hyper = sample_inputs(rule_name, (n,), seed=seed, scale=scale)
         run_and_check(rule_name, arrays64, hyper, dtype, "cupy", cupy)
+
+
+def test_arena_optimizer_and_checkpoint_on_the_device(cupy, tmp_path):
+    """fo.Adam over a CuPy ParamArena, clipping on, checkpoint to the CPU and back."""
+    rng = np.random.default_rng(4)
+    shapes = [(64, 32), (32,), (1000,)]
+    host = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
+    gpu_arena = fo.ParamArena([cupy.asarray(a) for a in host])
+    cpu_arena = fo.ParamArena(host)
+    gpu_opt = fo.Adam(gpu_arena, lr=1e-2, max_grad_norm=1.0, nonfinite="skip")
+    cpu_opt = fo.Adam(cpu_arena, lr=1e-2, max_grad_norm=1.0, nonfinite="skip")
+    for g in grads:
+        for arena, xp in ((gpu_arena, cupy), (cpu_arena, np)):
+            for view, value in zip(arena.grads, g, strict=True):
+                view[...] = xp.asarray(value)
+        assert gpu_opt.step() and cpu_opt.step()
+    for a, b in zip(gpu_arena.params, cpu_arena.params, strict=True):
+        np.testing.assert_allclose(a.get(), b, rtol=1e-5, atol=1e-6)
+    fo.save(tmp_path / "gpu.npz", gpu_opt)
+    fo.load(tmp_path / "gpu.npz", cpu_opt)
+    for a, b in zip(gpu_arena.params, cpu_arena.params, strict=True):
+        np.testing.assert_array_equal(a.get(), b)
+    gpu_arena.grads[0][0, 0] = cupy.nan
+    assert gpu_opt.step() is False and gpu_opt.skipped_steps == 1

@@ -24,6 +24,18 @@ def test_training_loop_example_learns():
     assert accuracy > 0.95, out.getvalue()
 
 
+def test_arena_example_trains_and_checkpoints(tmp_path, monkeypatch):
+    block = next(b for b in python_blocks() if "ParamArena" in b)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    accuracy = float(out.getvalue().split()[-1])
+    assert accuracy > 0.95, out.getvalue()
+    assert (tmp_path / "checkpoint.npz").exists()
+    assert "next lr 0.0266" in out.getvalue()  # 0.05 * 0.9**6: the schedule runs by epoch
+
+
 def test_gpu_example_compiles():
     """The GPU example needs a GPU to run; here it must at least be valid Python."""
     gpu_blocks = [b for b in python_blocks() if "cuda" in b]
