@@ -36,3 +36,12 @@ CUDA_BLOCKS_PER_SM: int = int(os.environ.get("FUSEDOPT_CUDA_BLOCKS_PER_SM", 8))
 #: Use the 128-bit (float4/double2) kernel when every array is 16-byte aligned.
 #: ``FUSEDOPT_CUDA_VECTOR_LOADS=0`` forces the one-element kernel (for comparison).
 CUDA_VECTOR_LOADS: bool = os.environ.get("FUSEDOPT_CUDA_VECTOR_LOADS", "1") != "0"
+
+#: The batch-size planner keeps this fraction of the available memory free as a
+#: margin (allocator fragmentation, library workspaces, the rest of the process).
+PLANNER_MARGIN_FRACTION: float = 0.10
+#: On a GPU, also this many bytes (the CUDA context, cuBLAS workspaces, CuPy's pool slack).
+PLANNER_GPU_OVERHEAD_BYTES: int = 256 * 2**20
+#: The lecture's rules: full batch up to this many samples; otherwise a power of two in range.
+FULL_BATCH_MAX_SAMPLES: int = 2000
+MINIBATCH_SIZES: tuple[int, ...] = (64, 128, 256, 512)

@@ -1,0 +1,291 @@
+"""Which mini-batch size fits, decided before anything is allocated.
+
+The lecture's rules: with a small training set (``m <= 2000``) use batch
+gradient descent; otherwise a mini-batch of 64 to 512 samples, a power of two,
+and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
+
+* a **memory model** of pure functions: the bytes of X{t}/Y{t}, of the
+  parameters, gradients and optimizer state (0, 1, 1, 2 slots for SGD,
+  Momentum, RMSprop, Adam), of the activations and backward temporaries of
+  :class:`fusedopt.MLP` (or a per-sample activation size for other models);
+* **device probes**: free GPU memory (the driver's figure plus what CuPy's pool
+  holds free) and CPU memory available to this process (``/proc/meminfo``,
+  capped by a cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``);
+* :func:`plan_batch_size`, which applies the rules to them, keeping a stated
+  margin (``config.PLANNER_MARGIN_FRACTION``) free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from numbers import Integral
+
+import numpy as np
+
+from fusedopt import _checks, config, devices
+
+STATE_SLOTS = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+_ARENA_ALIGN = 64
+
+
+# ------------------------------------------------------------------ the memory model
+def array_bytes(shape: Sequence[int], dtype) -> int:
+    """Bytes of one dense array."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def batch_bytes(n_x: int, n_y: int, batch_size: int, x_dtype=np.float32,
+                y_dtype=np.float32) -> dict[str, int]:
+    """Bytes of one mini-batch ``X{t}: (n_x, b)`` and ``Y{t}: (n_y, b)`` (either layout)."""
+    return {"X{t}": array_bytes((n_x, batch_size), x_dtype),
+            "Y{t}": array_bytes((n_y, batch_size), y_dtype)}
+
+
+def mlp_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Parameter shapes of :class:`fusedopt.MLP`: ``W[l]: (n_l, n_{l-1})``, ``b[l]: (n_l, 1)``."""
+    shapes = []
+    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=True):
+        shapes += [(n_out, n_in), (n_out, 1)]
+    return shapes
+
+
+def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
+    """Elements of a :class:`ParamArena` buffer: each tensor starts on a 64-byte boundary."""
+    step = _ARENA_ALIGN // np.dtype(dtype).itemsize
+    total = 0
+    for shape in shapes:
+        total = -(-total // step) * step + int(np.prod(shape, dtype=np.int64))
+    return total
+
+
+def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
+                    gpu: bool = False) -> dict[str, int]:
+    """Parameters, gradients and optimizer state of a model held in a ParamArena."""
+    if optimizer not in STATE_SLOTS:
+        raise ValueError(f"optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
+    itemsize = np.dtype(dtype).itemsize
+    n = arena_buffer_elements(shapes, dtype)
+    # On the CPU the arena over-allocates one alignment pad per buffer.
+    buffer = n * itemsize + (0 if gpu else _ARENA_ALIGN)
+    return {"parameters": buffer, "gradients": buffer,
+            f"optimizer state ({STATE_SLOTS[optimizer]} slots)":
+                STATE_SLOTS[optimizer] * n * itemsize}
+
+
+def mlp_activation_bytes(layer_sizes: Sequence[int], batch_size: int,
+                         dtype=np.float32) -> dict[str, int]:
+    """Activations and backward temporaries of :class:`fusedopt.MLP` for one step.
+
+    ``A[l]`` and one delta buffer per layer (``n_l x b`` each), plus the
+    largest temporary: the ReLU mask of backward propagation (one byte per
+    element of the widest hidden layer) or the softmax's column reductions.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    units = sum(layer_sizes[1:])
+    hidden = layer_sizes[1:-1]
+    mask = max(hidden) * batch_size if hidden else 0
+    reductions = batch_size * itemsize
+    return {"activations A[l]": units * batch_size * itemsize,
+            "backward deltas": units * batch_size * itemsize,
+            "temporaries": max(mask, reductions)}
+
+
+def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
+                    layer_sizes: Sequence[int] | None = None,
+                    activation_bytes_per_sample: int | None = None, dtype=np.float32,
+                    x_dtype=np.float32, y_dtype=np.float32, optimizer: str = "adam",
+                    shuffle: bool = True, gpu: bool = False) -> dict[str, int]:
+    """Every item alive at the peak of one training step, by name (bytes)."""
+    out = {}
+    out.update(parameter_bytes(shapes, dtype, optimizer, gpu))
+    out.update(batch_bytes(n_x, n_y, batch_size, x_dtype, y_dtype))
+    if shuffle:
+        out["permutation"] = 8 * m  # int64 indices of this epoch's shuffle
+    if layer_sizes is not None:
+        out.update(mlp_activation_bytes(layer_sizes, batch_size, dtype))
+    else:
+        out["activations (per sample x b)"] = int(activation_bytes_per_sample) * batch_size
+    return out
+
+
+# ------------------------------------------------------------------ the plan
+@dataclass
+class BatchPlan:
+    """The planner's answer (all sizes in bytes)."""
+
+    batch_size: int
+    fits: bool
+    peak_bytes: int
+    available_bytes: int
+    breakdown: dict[str, int]
+    max_fitting_batch_size: int
+    data_fits_on_device: bool
+    reason: str
+    device: str = "cpu"
+    margin_fraction: float = 0.0
+    m: int = 0
+    candidates: dict[int, int] = field(default_factory=dict)  # batch size -> peak bytes
+
+    def table(self) -> str:
+        """The plan and its breakdown as plain text."""
+        lines = [f"batch size: {self.batch_size} ({'fits' if self.fits else 'does NOT fit'} on "
+                 f"the {self.device})",
+                 f"peak: {_human(self.peak_bytes)} of {_human(self.available_bytes)} available "
+                 f"(keeping {self.margin_fraction:.0%} free)",
+                 f"largest batch that fits: {self.max_fitting_batch_size}",
+                 f"whole data set resident on the device: "
+                 f"{'yes' if self.data_fits_on_device else 'no'}",
+                 f"why: {self.reason}", "breakdown at the chosen size:"]
+        width = max(len(k) for k in self.breakdown)
+        for name, n in self.breakdown.items():
+            lines.append(f"  {name:<{width}}  {_human(n):>10}")
+        return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def available_memory(device: str) -> int:
+    """Bytes this process can still allocate on ``device`` ("cpu" or "gpu")."""
+    if device == "cpu":
+        return devices.cpu_memory().available_bytes
+    import cupy
+
+    free, _ = cupy.cuda.Device().mem_info
+    return int(free + cupy.get_default_memory_pool().free_bytes())
+
+
+def _shape_dtype(name: str, value, default_dtype=np.float32):
+    """(shape, dtype) from an array, or from a (shape, dtype) / shape description."""
+    kind = _checks.array_kind(value)
+    if kind in ("numpy", "cupy"):
+        return tuple(value.shape), np.dtype(value.dtype), kind
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple):
+        return tuple(value[0]), np.dtype(value[1]), None
+    if isinstance(value, tuple) and all(isinstance(d, Integral) for d in value):
+        return tuple(value), np.dtype(default_dtype), None
+    raise TypeError(f"plan_batch_size: {name} must be an array, a shape, or (shape, dtype)")
+
+
+def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
+                    activation_bytes_per_sample: int | None = None, optimizer: str = "adam",
+                    memory_limit: int | None = None, backend: str | None = None,
+                    sample_axis: int = 1, dtype=np.float32,
+                    param_shapes=None) -> BatchPlan:
+    """Choose the mini-batch size by the lecture's rules, checked against free memory.
+
+    Args:
+        X, Y: the training set as arrays, or as shapes / ``(shape, dtype)`` (nothing
+            is allocated). ``X: (n_x, m)`` with ``sample_axis=1`` (the lecture's layout).
+        layer_sizes: the :class:`fusedopt.MLP` to model (``[n_x, ..., n_y]``).
+        activation_bytes_per_sample: for other models, the activations and
+            temporaries one sample needs (then pass ``param_shapes`` too).
+        optimizer: ``"sgd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"`` or ``"adamw"``.
+        memory_limit: bytes to plan for instead of what the device has free.
+        backend: ``"cupy"`` plans for the GPU; anything else (default) for the CPU.
+        dtype: the parameters' dtype.
+        param_shapes: parameter shapes (default: those of ``layer_sizes``' MLP).
+
+    Returns:
+        A :class:`BatchPlan`.
+    """
+    f = "plan_batch_size"
+    x_shape, x_dtype, x_kind = _shape_dtype("X", X)
+    y_shape, y_dtype, _ = _shape_dtype("Y", Y)
+    if sample_axis not in (0, 1) or len(x_shape) != 2:
+        raise ValueError(f"{f}: X must be 2-D with sample_axis 0 or 1; got {x_shape}")
+    m = x_shape[sample_axis]
+    n_x = x_shape[1 - sample_axis]
+    n_y = 1 if len(y_shape) == 1 else y_shape[1 - sample_axis]
+    y_m = y_shape[0] if len(y_shape) == 1 else y_shape[sample_axis]
+    if y_m != m:
+        raise ValueError(f"{f}: X has {m} samples but Y has {y_m}")
+    if m < 1:
+        raise ValueError(f"{f}: the training set is empty")
+    if (layer_sizes is None) == (activation_bytes_per_sample is None):
+        raise ValueError(f"{f}: give layer_sizes (for the MLP) or activation_bytes_per_sample "
+                         "(with param_shapes), one of the two")
+    if layer_sizes is not None:
+        layer_sizes = [int(n) for n in layer_sizes]
+        if layer_sizes[0] != n_x or layer_sizes[-1] != n_y:
+            raise ValueError(f"{f}: layer_sizes {layer_sizes} must start with n_x={n_x} and "
+                             f"end with n_y={n_y}")
+        shapes = mlp_shapes(layer_sizes) if param_shapes is None else param_shapes
+    else:
+        if param_shapes is None:
+            raise ValueError(f"{f}: with activation_bytes_per_sample, pass param_shapes")
+        shapes = param_shapes
+    if optimizer not in STATE_SLOTS:
+        raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
+    gpu = backend == "cupy"
+    device = "gpu" if gpu else "cpu"
+    if memory_limit is not None:
+        available = int(_checks.real(f, "memory_limit", memory_limit, 0.0, lo_open=True))
+    else:
+        available = available_memory(device)
+    margin = config.PLANNER_MARGIN_FRACTION
+    usable = int(available * (1 - margin)) - (config.PLANNER_GPU_OVERHEAD_BYTES if gpu else 0)
+    dataset = array_bytes(x_shape, x_dtype) + array_bytes(y_shape, y_dtype)
+    # The data set occupies the device's memory unless it is already there (arrays on the CPU
+    # are already counted in what the CPU has free; a GPU plan must find room for them).
+    resident_already = x_kind == ("cupy" if gpu else "numpy") and memory_limit is None
+
+    def peak(b: int) -> dict[str, int]:
+        return step_peak_bytes(n_x=n_x, n_y=n_y, m=m, batch_size=b, shapes=shapes,
+                               layer_sizes=layer_sizes,
+                               activation_bytes_per_sample=activation_bytes_per_sample,
+                               dtype=dtype, x_dtype=x_dtype, y_dtype=y_dtype,
+                               optimizer=optimizer, gpu=gpu)
+
+    def total(b: int) -> int:
+        return sum(peak(b).values())
+
+    # The largest b <= m that fits (peak grows with b: bisect).
+    lo, hi = 0, m
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if total(mid) <= usable:
+            lo = mid
+        else:
+            hi = mid - 1
+    max_fit = lo
+    candidates = {b: total(b) for b in (*config.MINIBATCH_SIZES, m) if b <= m}
+    data_fits = resident_already or (max_fit >= 1 and dataset + total(min(max_fit, 64 if m > 64
+                                                                          else m)) <= usable)
+    if m <= config.FULL_BATCH_MAX_SAMPLES and max_fit >= m:
+        batch, reason = m, (f"m = {m} <= {config.FULL_BATCH_MAX_SAMPLES}: a small training set, "
+                            "so batch gradient descent (the whole set each step) fits and is "
+                            "used")
+    else:
+        fitting = [b for b in config.MINIBATCH_SIZES if b <= min(max_fit, m)]
+        if fitting:
+            batch = fitting[-1]
+            why_small = (f"m = {m} > {config.FULL_BATCH_MAX_SAMPLES}" if m >
+                         config.FULL_BATCH_MAX_SAMPLES else
+                         f"the full batch of {m} does not fit (at most {max_fit} do)")
+            reason = (f"{why_small}: the largest power of two from 64 to 512 that fits, "
+                      f"{batch} (the largest that fits at all is {max_fit})")
+        elif max_fit >= 1:
+            batch = max_fit
+            reason = (f"not even a mini-batch of 64 fits: at most {max_fit} samples per step "
+                      f"fit in {_human(usable)} usable; {_human(total(64))} would be needed "
+                      "for 64. Use a smaller model, a lower-precision dtype, SGD (no "
+                      "optimizer state) or more memory")
+        else:
+            batch = 1
+            reason = (f"nothing fits: the parameters, gradients and optimizer state alone "
+                      f"need {_human(total(1))}, more than the {_human(usable)} usable")
+    breakdown = peak(batch)
+    if gpu and not resident_already:
+        breakdown = {**breakdown, "data set (if kept on the device)": dataset}
+    chosen = sum(peak(batch).values())
+    return BatchPlan(batch_size=batch, fits=max_fit >= batch, peak_bytes=chosen,
+                     available_bytes=available, breakdown=breakdown,
+                     max_fitting_batch_size=max_fit, data_fits_on_device=bool(data_fits),
+                     reason=reason, device=device, margin_fraction=margin, m=m,
+                     candidates=candidates)
