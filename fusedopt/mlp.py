@@ -24,6 +24,7 @@ A training loop, the lecture's mini-batch gradient descent::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,15 +52,15 @@ class MLP:
                              "and output sizes, all >= 1 (e.g. [64, 32, 10])")
         self.layer_sizes = sizes
         shapes = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for n_in, n_out in itertools.pairwise(sizes):
             shapes += [(n_out, n_in), (n_out, 1)]
         self.arena = ParamArena(shapes, dtype=dtype, xp=xp)
         self.xp = np if xp == "numpy" else __import__("cupy")
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        for l, W in enumerate(self.weights):
+        for layer, W in enumerate(self.weights):
             W[...] = self.xp.asarray(
-                rng.standard_normal(W.shape) * np.sqrt(2.0 / sizes[l])).astype(self.dtype)
+                rng.standard_normal(W.shape) * np.sqrt(2.0 / sizes[layer])).astype(self.dtype)
         self._batch = None
         self._A: list = []
         self._delta: list = []
@@ -88,10 +89,10 @@ class MLP:
         self._workspace(X.shape[1])
         A_prev = X
         last = len(self._A) - 1
-        for l, (W, b, A) in enumerate(zip(self.weights, self.biases, self._A, strict=True)):
+        for layer, (W, b, A) in enumerate(zip(self.weights, self.biases, self._A, strict=True)):
             xp.matmul(W, A_prev, out=A)
             A += b
-            if l < last:
+            if layer < last:
                 xp.maximum(A, 0, out=A)  # ReLU
             A_prev = A
         A = self._A[-1]
@@ -133,14 +134,14 @@ class MLP:
         xp.subtract(self._A[-1], Y, out=delta)  # dZ[L] = A[L] - Y for both output types
         delta *= 1.0 / b
         grads_W, grads_b = self.arena.grads[0::2], self.arena.grads[1::2]
-        for l in range(len(self.weights) - 1, -1, -1):
-            A_prev = X if l == 0 else self._A[l - 1]
-            xp.matmul(self._delta[l], A_prev.T, out=grads_W[l])
-            xp.sum(self._delta[l], axis=1, keepdims=True, out=grads_b[l])
-            if l > 0:
-                below = self._delta[l - 1]
-                xp.matmul(self.weights[l].T, self._delta[l], out=below)
-                xp.multiply(below, self._A[l - 1] > 0, out=below)  # ReLU'
+        for layer in range(len(self.weights) - 1, -1, -1):
+            A_prev = X if layer == 0 else self._A[layer - 1]
+            xp.matmul(self._delta[layer], A_prev.T, out=grads_W[layer])
+            xp.sum(self._delta[layer], axis=1, keepdims=True, out=grads_b[layer])
+            if layer > 0:
+                below = self._delta[layer - 1]
+                xp.matmul(self.weights[layer].T, self._delta[layer], out=below)
+                xp.multiply(below, self._A[layer - 1] > 0, out=below)  # ReLU'
 
     def loss_and_grad(self, X, Y) -> float:
         """Forward propagation, cost, backward propagation; returns the cost."""

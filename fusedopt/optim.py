@@ -544,3 +544,15 @@ def load(path: str | os.PathLike, opt: Optimizer) -> None:
         raise ValueError(f"load: {path} is not a readable fusedopt checkpoint (corrupt, "
                          f"truncated or not a checkpoint): {type(exc).__name__}: {exc}") from exc
     opt.load_state_dict(state)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "rmsprop": RMSprop,
+                                          "adam": Adam, "adamw": AdamW}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
+
+
+def make_optimizer(name: str, params, *, lr: float | None = None, **kwargs) -> Optimizer:
+    """An optimizer by name (``"sgd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer={name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=DEFAULT_LR[name] if lr is None else lr, **kwargs)

@@ -17,6 +17,7 @@ and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -45,7 +46,7 @@ def batch_bytes(n_x: int, n_y: int, batch_size: int, x_dtype=np.float32,
 def mlp_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
     """Parameter shapes of :class:`fusedopt.MLP`: ``W[l]: (n_l, n_{l-1})``, ``b[l]: (n_l, 1)``."""
     shapes = []
-    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=True):
+    for n_in, n_out in itertools.pairwise(layer_sizes):
         shapes += [(n_out, n_in), (n_out, 1)]
     return shapes
 

@@ -1,0 +1,409 @@
+"""Measure which mini-batch size trains fastest: real steps at each size, then a recommendation.
+
+For each batch size the profiler trains a fresh copy of the same model (same
+initial weights) for a fixed time budget with the lecture's mini-batch
+gradient descent (a new shuffle each epoch), and records samples per second,
+the time an epoch takes, and how fast the cost on the training set falls
+(cost reduction per second): the lecture's advice, "try a few powers of two
+and keep the one that lowers the cost fastest", measured. Sizes that run out
+of memory (``MemoryError``, ``cupy.cuda.memory.OutOfMemoryError``) are
+reported and the sweep continues with the smaller ones.
+
+It also estimates the gradient noise scale ``B_simple = tr(Sigma) / |G|^2``
+(McCandlish et al. 2018, "An Empirical Model of Large-Batch Training") from
+gradients at two batch sizes, the batch size beyond which larger batches stop
+buying fewer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fusedopt import planner
+from fusedopt.batches import minibatches
+from fusedopt.mlp import MLP
+from fusedopt.optim import make_optimizer
+
+
+class MLPTrainer:
+    """The default model for profiling: :class:`fusedopt.MLP` with a fusedopt optimizer."""
+
+    def __init__(self, layer_sizes: Sequence[int], *, optimizer: str = "adam",
+                 lr: float | None = None, xp: str = "numpy", seed: int = 0, dtype=np.float32):
+        self.net = MLP(layer_sizes, xp=xp, seed=seed, dtype=dtype)
+        self.opt = make_optimizer(optimizer, self.net.arena, lr=lr)
+
+    def step(self, X_t, Y_t) -> float:
+        """One training step; returns the mini-batch cost."""
+        return self.net.train_step(X_t, Y_t, self.opt)
+
+    def cost(self, X, Y, chunk: int = 4096) -> float:
+        """Mean cross-entropy over ``X, Y`` (in chunks, no update)."""
+        total, m = 0.0, X.shape[1]
+        for start in range(0, m, chunk):
+            self.net.forward(X[:, start:start + chunk])
+            total += self.net.cost(Y[:, start:start + chunk]) * min(chunk, m - start)
+        return total / m
+
+    def gradient(self, X_t, Y_t) -> np.ndarray:
+        """The mini-batch gradient (a float64 host copy), without an update."""
+        self.net.loss_and_grad(X_t, Y_t)
+        (_, grad), = self.net.arena.buffers.values()
+        grad = grad.get() if hasattr(grad, "get") and not isinstance(grad, np.ndarray) else grad
+        return np.array(grad, dtype=np.float64)
+
+
+@dataclass
+class Probe:
+    """What one batch size did."""
+
+    batch_size: int
+    status: str  # "ok", "out of memory", "predicted not to fit"
+    seconds: float = 0.0
+    steps: int = 0
+    samples_per_s: float = 0.0
+    epoch_seconds: float = 0.0
+    cost_start: float = math.nan
+    cost_end: float = math.nan
+    cost_reduction_per_s: float = 0.0
+    time_to_target: float | None = None  # seconds until the cost reached the target
+    planned_peak_bytes: int | None = None
+    error: str = ""
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (seconds, batch cost)
+    eval_curve: list[tuple[float, float]] = field(default_factory=list)  # (s, training cost)
+
+
+@dataclass
+class Profile:
+    """The sweep's results, the recommendation and how it compares with the plan."""
+
+    probes: list[Probe]
+    recommended: int | None
+    plan: planner.BatchPlan | None
+    comparison: str
+    noise_scale: dict | None
+    m: int
+    target_fraction: float = 0.05
+
+    def table(self) -> str:
+        lines = [f"{'batch':>7} {'status':<22}{'samples/s':>11}{'s/epoch':>10}{'steps':>7}"
+                 f"{'cost start':>11}{'cost end':>10}{'to target':>11}{'cost drop/s':>12}"]
+        for p in self.probes:
+            if p.status == "ok":
+                reached = (f"{p.time_to_target:.3f} s" if p.time_to_target is not None
+                           else "not reached")
+                lines.append(f"{p.batch_size:>7} {p.status:<22}{p.samples_per_s:>11.0f}"
+                             f"{p.epoch_seconds:>10.4f}{p.steps:>7}{p.cost_start:>11.4f}"
+                             f"{p.cost_end:>10.4f}{reached:>11}{_speed(p):>12.3f}")
+            else:
+                lines.append(f"{p.batch_size:>7} {p.status:<22}  {p.error}")
+        if self.recommended is not None:
+            lines.append(f"recommended: {self.recommended} (the training cost reached the target "
+                         "soonest)")
+        lines.append(self.comparison)
+        if self.noise_scale:
+            lines.append(self.noise_scale["meaning"])
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"m": self.m, "recommended": self.recommended, "comparison": self.comparison,
+                "target_fraction": self.target_fraction,
+                "noise_scale": self.noise_scale,
+                "plan": None if self.plan is None else {
+                    k: v for k, v in asdict(self.plan).items() if k != "candidates"},
+                "probes": [asdict(p) for p in self.probes]}
+
+    def plot(self, out_dir: str) -> list[str]:
+        """Throughput and cost-against-time curves as PNG files in ``out_dir``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        os.makedirs(out_dir, exist_ok=True)
+        ok = [p for p in self.probes if p.status == "ok"]
+        ok.sort(key=lambda p: p.batch_size)
+        paths = []
+        fig, left = plt.subplots(figsize=(7, 4.2))
+        sizes = [p.batch_size for p in ok]
+        left.plot(sizes, [p.samples_per_s for p in ok], "o-", color="tab:blue")
+        left.set_xscale("log", base=2)
+        left.set_xlabel("mini-batch size")
+        left.set_ylabel("samples per second", color="tab:blue")
+        right = left.twinx()
+        right.plot(sizes, [p.cost_reduction_per_s for p in ok], "s--", color="tab:red")
+        right.set_ylabel("cost reduction per second", color="tab:red")
+        if self.recommended is not None:
+            left.axvline(self.recommended, color="gray", lw=0.8)
+        left.set_title("Throughput and progress by mini-batch size")
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "throughput.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for p in ok:
+            if p.eval_curve:
+                t, cost = zip(*p.eval_curve, strict=True)
+                ax.plot(t, cost, marker=".", label=f"{p.batch_size}")
+        target = [p.cost_start for p in ok][:1]
+        if target:
+            ax.axhline(target[0] * self.target_fraction, color="gray", lw=0.8, ls=":")
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("cost on the training set")
+        ax.set_yscale("log")
+        ax.legend(title="batch size", fontsize=8)
+        ax.set_title("Cost against time")
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, "cost_vs_time.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+        return paths
+
+
+def _smoothed(values: Sequence[float], beta: float = 0.9) -> list[float]:
+    """The lecture's exponentially weighted average with bias correction."""
+    out, average = [], 0.0
+    for t, value in enumerate(values, start=1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta**t))
+    return out
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (MemoryError,)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        oom = getattr(getattr(getattr(cupy, "cuda", None), "memory", None),
+                      "OutOfMemoryError", None)
+        if isinstance(oom, type):
+            errors += (oom,)
+    return errors
+
+
+def gradient_noise_scale(trainer, X, Y, *, small: int = 32, big: int = 512,
+                         batches: int = 8, seed: int = 0) -> dict:
+    """``B_simple = tr(Sigma) / |G|^2`` from gradients at two batch sizes (McCandlish et al.).
+
+    With ``E|G_B|^2 = |G|^2 + tr(Sigma)/B``, the averages of ``|G_B|^2`` at ``small``
+    and ``big`` give unbiased estimates of both terms.
+    """
+    m = X.shape[1]
+    big = min(big, m)
+    small = min(small, big // 2)
+    norms = {}
+    for size in (small, big):
+        values = []
+        for k, (X_t, Y_t) in enumerate(minibatches(X, Y, size, seed=seed, drop_last=True)):
+            if k >= batches:
+                break
+            g = trainer.gradient(X_t, Y_t)
+            values.append(float(g @ g))
+        norms[size] = float(np.mean(values))
+    g2 = (big * norms[big] - small * norms[small]) / (big - small)
+    trace = (norms[small] - norms[big]) / (1.0 / small - 1.0 / big)
+    b_simple = trace / g2 if g2 > 0 else math.inf
+    meaning = (f"gradient noise scale B_simple ~ {b_simple:.0f} (from |G_B|^2 at B={small} and "
+               f"{big}): batches well below it make nearly B times the progress per step (the "
+               "noise dominates, so a larger batch saves steps); well above it, extra samples "
+               "per step are mostly wasted. Training at B takes about (1 + B_simple/B) x the "
+               "fewest possible steps and (1 + B/B_simple) x the fewest samples.")
+    return {"b_simple": b_simple, "trace_sigma": trace, "grad_norm_sq": g2,
+            "small": small, "big": big, "meaning": meaning}
+
+
+def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
+                        layer_sizes: Sequence[int] | None = None,
+                        trainer_factory: Callable[[], object] | None = None,
+                        optimizer: str = "adam", lr: float | None = None,
+                        seconds: float = 2.0, backend: str | None = None,
+                        memory_limit: int | None = None, seed: int = 0,
+                        progress: bool = True, noise_scale: bool = True,
+                        target_fraction: float = 0.05, out_dir: str | None = None) -> Profile:
+    """Train at each batch size and recommend the one that lowers the cost fastest.
+
+    "Fastest" is the shortest training time for the cost on the training set to
+    fall to ``target_fraction`` of its starting value (5% by default); sizes that
+    do not get there within ``seconds`` rank by how far the cost fell per second.
+
+    Args:
+        X, Y: the training set, ``X: (n_x, m)``, ``Y: (n_y, m)`` (NumPy or CuPy).
+        sizes: batch sizes to try (default: powers of two from 32 to 1024 below ``m``, and ``m``).
+        layer_sizes: the :class:`fusedopt.MLP` to train (default ``[n_x, 64, n_y]``).
+        trainer_factory: instead, a callable returning a fresh trainer with
+            ``step(X_t, Y_t) -> cost`` and ``cost(X, Y) -> cost`` (and, for the
+            noise scale, ``gradient(X_t, Y_t) -> flat array``).
+        optimizer, lr: for the MLP trainer.
+        seconds: the most training time per batch size.
+        backend: ``"cupy"`` to plan for the GPU (the arrays decide where training runs).
+        memory_limit: bytes; sizes the planner predicts above it are not run.
+        progress: show a progress bar (tqdm) on stderr.
+        noise_scale: estimate the gradient noise scale.
+        target_fraction: the cost target, as a fraction of the starting cost.
+        out_dir: if given, write ``profile.json`` and the PNG plots there.
+    """
+    m = X.shape[1]
+    n_x, n_y = X.shape[0], Y.shape[0]
+    xp = "cupy" if type(X).__module__.startswith("cupy") else "numpy"
+    if sizes is None:
+        sizes = sorted({b for b in (32, 64, 128, 256, 512, 1024) if b < m} | {m})
+    sizes = sorted({int(b) for b in sizes}, reverse=True)  # largest first: on OOM, go smaller
+    if not sizes or sizes[-1] < 1:
+        raise ValueError("profile_batch_sizes: sizes must be positive integers")
+    plan = None
+    if trainer_factory is None:
+        layer_sizes = list(layer_sizes) if layer_sizes else [n_x, 64, n_y]
+
+        def trainer_factory():
+            return MLPTrainer(layer_sizes, optimizer=optimizer, lr=lr, xp=xp, seed=seed)
+
+        plan = planner.plan_batch_size(X, Y, layer_sizes=layer_sizes, optimizer=optimizer,
+                                       memory_limit=memory_limit, backend=backend)
+    evaluation = min(m, 4096)
+    X_eval, Y_eval = X[:, :evaluation], Y[:, :evaluation]
+    # Warm up (JIT compile or cache load, first-touch of the code paths) outside any probe.
+    warm = trainer_factory()
+    warm.step(X[:, :min(m, 8)], Y[:, :min(m, 8)])
+    warm.cost(X_eval, Y_eval)
+    del warm
+    probes: list[Probe] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sizes), desc="batch sizes", unit="size", file=sys.stderr)
+    out_of_memory_at = None
+    for b in sizes:
+        planned = plan.candidates.get(b) if plan is not None else None
+        if plan is not None and planned is None:
+            planned = sum(planner.step_peak_bytes(
+                n_x=n_x, n_y=n_y, m=m, batch_size=b, shapes=planner.mlp_shapes(layer_sizes),
+                layer_sizes=layer_sizes, optimizer=optimizer, gpu=backend == "cupy").values())
+        if memory_limit is not None and planned is not None and planned > memory_limit:
+            probes.append(Probe(b, "predicted not to fit", planned_peak_bytes=planned,
+                                error=f"needs {planned} bytes > memory_limit {memory_limit}"))
+        elif out_of_memory_at is not None and b > out_of_memory_at:
+            probes.append(Probe(b, "out of memory", error=f"larger than {out_of_memory_at}"))
+        else:
+            try:
+                probes.append(_probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed,
+                                     planned, target_fraction))
+            except _oom_errors() as exc:
+                out_of_memory_at = b if out_of_memory_at is None else min(out_of_memory_at, b)
+                probes.append(Probe(b, "out of memory", planned_peak_bytes=planned,
+                                    error=f"{type(exc).__name__}: {exc}"[:200]))
+        if bar is not None:
+            last = probes[-1]
+            bar.set_postfix_str(f"b={b}: {last.status}"
+                                + (f", {last.samples_per_s:.0f} samples/s"
+                                   if last.status == "ok" else ""))
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    probes.sort(key=lambda p: p.batch_size)
+    ok = [p for p in probes if p.status == "ok"]
+    recommended = min(ok, key=_rank).batch_size if ok else None
+    comparison = _compare(plan, recommended, probes)
+    noise = None
+    if noise_scale and ok:
+        trainer = trainer_factory()
+        if hasattr(trainer, "gradient"):
+            noise = gradient_noise_scale(trainer, X, Y, seed=seed)
+    profile = Profile(probes, recommended, plan, comparison, noise, m, target_fraction)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "profile.json"), "w") as f:
+            json.dump(profile.to_json(), f, indent=2, default=float)
+        profile.plot(out_dir)
+    return profile
+
+
+def _probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed, planned,
+           target_fraction) -> Probe:
+    """Train a fresh model at batch size ``b`` until the cost falls to the target or time is up.
+
+    The training-set cost is evaluated whenever training time has grown by 5% (or
+    by 0.25% of the budget); evaluation time is not counted as training time.
+    """
+    trainer = trainer_factory()
+    cost_start = trainer.cost(X_eval, Y_eval)
+    target = cost_start * target_fraction
+    m = X.shape[1]
+    curve, costs = [], [(0.0, cost_start)]
+    steps = samples = 0
+    elapsed = since_eval = 0.0
+    reached = None
+    epoch_rng = np.random.default_rng(seed)
+    while elapsed < seconds and reached is None:
+        for X_t, Y_t in minibatches(X, Y, b, seed=epoch_rng):
+            t0 = time.perf_counter()
+            cost = trainer.step(X_t, Y_t)
+            spent = time.perf_counter() - t0
+            elapsed += spent
+            since_eval += spent
+            steps += 1
+            samples += X_t.shape[1]
+            curve.append((elapsed, float(cost)))
+            # Evaluate often enough to time the target to within 5% (and 0.25% of the budget).
+            if since_eval >= min(seconds / 400, 0.05 * elapsed) or elapsed >= seconds:
+                since_eval = 0.0
+                costs.append((elapsed, trainer.cost(X_eval, Y_eval)))
+                if costs[-1][1] <= target:
+                    reached = elapsed
+                    break
+            if elapsed >= seconds:
+                break
+        if hasattr(trainer, "opt"):
+            trainer.opt.next_epoch()
+    cost_end = costs[-1][1]
+    rate = samples / elapsed if elapsed > 0 else 0.0
+    return Probe(b, "ok", seconds=elapsed, steps=steps, samples_per_s=rate,
+                 epoch_seconds=m / rate if rate else math.inf, cost_start=cost_start,
+                 cost_end=cost_end, cost_reduction_per_s=(cost_start - cost_end) / elapsed,
+                 time_to_target=reached, planned_peak_bytes=planned, curve=curve,
+                 eval_curve=costs)
+
+
+def _rank(p: Probe) -> tuple:
+    """Reached the target sooner first; then (not reached) the faster cost reduction."""
+    if p.time_to_target is not None:
+        return (0, p.time_to_target)
+    return (1, -p.cost_reduction_per_s)
+
+
+def _speed(p: Probe) -> float:
+    """Cost reduction per second up to the target (or the end of the budget)."""
+    if p.time_to_target:
+        return (p.cost_start - p.cost_end) / p.time_to_target
+    return p.cost_reduction_per_s
+
+
+def _compare(plan, recommended, probes) -> str:
+    if recommended is None:
+        return "no batch size could be measured"
+    if plan is None:
+        return f"measured best: {recommended} (no plan: a custom trainer)"
+    by_size = {p.batch_size: p for p in probes}
+    planned = by_size.get(plan.batch_size)
+    if plan.batch_size == recommended:
+        return f"the plan ({plan.batch_size}) and the measurement agree"
+    if planned is None or planned.status != "ok":
+        return (f"the plan chose {plan.batch_size} (not measured here); the measurement "
+                f"recommends {recommended}")
+    best, theirs = by_size[recommended], planned
+    if best.time_to_target and theirs.time_to_target:
+        how = (f"reached the target cost in {best.time_to_target:.3f} s against "
+               f"{theirs.time_to_target:.3f} s ({theirs.time_to_target / best.time_to_target:.1f}x"
+               " faster)")
+    else:
+        ratio = _speed(best) / _speed(theirs) if _speed(theirs) > 0 else math.inf
+        how = f"lowered the cost {ratio:.2f}x as fast"
+    return (f"the plan chose {plan.batch_size} by the lecture's rules; measured, {recommended} "
+            f"{how} on this machine")
