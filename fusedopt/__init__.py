@@ -14,13 +14,19 @@ first update runs on the CPU.
 from fusedopt import backends, schedules
 from fusedopt._version import __version__
 from fusedopt.arena import ParamArena
+from fusedopt.batches import minibatches
 from fusedopt.functional import adam_, adamw_, debias, ewa_, momentum_, rmsprop_, sgd_
+from fusedopt.mlp import MLP, one_hot
 from fusedopt.optim import SGD, Adam, AdamW, Momentum, Optimizer, RMSprop, load, save
+from fusedopt.planner import BatchPlan, plan_batch_size
+from fusedopt.profile import profile_batch_sizes
 
 __all__ = [
+    "MLP",
     "SGD",
     "Adam",
     "AdamW",
+    "BatchPlan",
     "Momentum",
     "Optimizer",
     "ParamArena",
@@ -32,7 +38,11 @@ __all__ = [
     "debias",
     "ewa_",
     "load",
+    "minibatches",
     "momentum_",
+    "one_hot",
+    "plan_batch_size",
+    "profile_batch_sizes",
     "rmsprop_",
     "save",
     "schedules",

@@ -1,5 +1,5 @@
 import sys
 
-from fusedopt.cli import main
+from fusedopt.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -81,6 +81,94 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
+
+
+def memory_size(text: str) -> int:
+    """Bytes from '8GiB', '512MiB', '2GB', '1e9'."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size (e.g. 8GiB, 512MiB)")
+    try:
+        value = float(match.group(1)) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the memory size must be positive")
+    return int(value)
+
+
+def _layers(text: str) -> list[int]:
+    values = _int_list(text)
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError("--layers needs at least input and output sizes, "
+                                         "e.g. 784,256,10")
+    return values
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The batch-size plan for a training set described by its sizes."""
+    import numpy as np
+
+    from fusedopt.planner import plan_batch_size
+
+    n_x = args.n_x if args.n_x is not None else args.layers[0]
+    if args.layers[0] != n_x:
+        print(f"fusedopt plan: error: --layers starts with {args.layers[0]} but --n-x is {n_x}",
+              file=sys.stderr)
+        return 2
+    dtype = np.dtype(args.dtype)
+    plan = plan_batch_size(((n_x, args.m), dtype), ((args.layers[-1], args.m), dtype),
+                           layer_sizes=args.layers, optimizer=args.optimizer,
+                           memory_limit=args.memory, backend=args.backend, dtype=dtype)
+    if args.json:
+        from dataclasses import asdict
+
+        json.dump(asdict(plan), sys.stdout, indent=2)
+        print()
+    else:
+        print(plan.table())
+    return 0 if plan.fits else 1
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Train the MLP on the digits at several batch sizes and recommend one."""
+    from fusedopt.datasets import load_digits
+    from fusedopt.profile import profile_batch_sizes
+
+    data = load_digits()
+    X, Y = data.X_train, data.Y_train
+    layers = args.layers or [X.shape[0], 64, Y.shape[0]]
+    if layers[0] != X.shape[0] or layers[-1] != Y.shape[0]:
+        print(f"fusedopt profile: error: --layers must start with {X.shape[0]} and end with "
+              f"{Y.shape[0]} for the digits", file=sys.stderr)
+        return 2
+    if args.backend == "cupy":
+        import cupy
+
+        X, Y = cupy.asarray(X), cupy.asarray(Y)
+    profile = profile_batch_sizes(X, Y, sizes=args.sizes, layer_sizes=layers,
+                                  optimizer=args.optimizer, lr=args.lr, seconds=args.seconds,
+                                  backend=args.backend, memory_limit=args.memory,
+                                  out_dir=args.out, progress=not args.json)
+    if args.json:
+        json.dump(profile.to_json(), sys.stdout, indent=2, default=float)
+        print()
+    else:
+        print(f"{data.name}: m = {X.shape[1]} training samples, MLP {layers}, "
+              f"{args.optimizer}")
+        print(profile.table())
+        if profile.plan is not None:
+            print("\nthe plan:\n" + profile.plan.table())
+        print(f"\nwrote {args.out}/profile.json, throughput.png, cost_vs_time.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fusedopt import bench
 
@@ -117,6 +205,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "clipping plus the non-finite check")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
+
+    optimizers = ["sgd", "momentum", "rmsprop", "adam", "adamw"]
+    p = sub.add_parser("plan", help="which mini-batch size fits in memory (nothing allocated)",
+                       description="Plan the mini-batch size for an MLP on a training set "
+                                   "described by its sizes, by the lecture's rules, against "
+                                   "the memory this process can use (container limits "
+                                   "included) or --memory. Exit status 1 if nothing fits.")
+    p.add_argument("--m", type=int, required=True, help="training samples")
+    p.add_argument("--n-x", type=int, default=None, help="input features (default: the first "
+                                                         "of --layers)")
+    p.add_argument("--layers", type=_layers, required=True, help="MLP sizes, e.g. 784,256,10")
+    p.add_argument("--optimizer", choices=optimizers, default="adam")
+    p.add_argument("--memory", type=memory_size, default=None,
+                   help="plan for this much memory (e.g. 8GiB) instead of what is free")
+    p.add_argument("--backend", choices=["numba", "numpy", "cupy"], default=None,
+                   help="cupy: plan for the GPU (default: the CPU)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("profile", help="train at several batch sizes and recommend the fastest",
+                       description="Train fusedopt's MLP on the UCI digits (shipped with "
+                                   "scikit-learn) at several mini-batch sizes, measure "
+                                   "throughput and how fast the cost falls, estimate the "
+                                   "gradient noise scale, and write a table and plots.")
+    r.add_argument("--sizes", type=_int_list, default=None,
+                   help="batch sizes (default: 32,64,...,1024 and the full batch)")
+    r.add_argument("--layers", type=_layers, default=None, help="MLP sizes (default 64,64,10)")
+    r.add_argument("--optimizer", choices=optimizers, default="adam")
+    r.add_argument("--lr", type=float, default=1e-2)
+    r.add_argument("--seconds", type=float, default=2.0,
+                   help="the most training time per batch size (default: %(default)s)")
+    r.add_argument("--memory", type=memory_size, default=None,
+                   help="skip sizes the planner predicts above this much memory")
+    r.add_argument("--backend", choices=["numba", "cupy"], default=None)
+    r.add_argument("--out", default="fusedopt-profile", help="folder for the JSON and plots")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=cmd_profile)
     return parser
 
 
@@ -140,5 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def run() -> int:
+    """The console script: ``main`` with a quiet exit when the output pipe closes (``| head``)."""
+    try:
+        return main()
+    except BrokenPipeError:
+        sys.stderr.close()  # nothing more can be written; exit without a traceback
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

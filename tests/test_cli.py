@@ -80,3 +80,43 @@ def test_bench_model_json():
     assert {"arena", "list", "arena_clip_nonfinite", "floor"} <= set(rows)
     assert rows["arena"]["tensors"] == 157 and rows["arena"]["elements"] == 10_760_192
     assert rows["arena"]["x_arena"] == 1.0
+
+
+def test_plan_prints_the_plan_and_its_breakdown():
+    out = fusedopt("plan", "--m", "5000000", "--n-x", "784", "--layers", "784,256,10",
+                   "--optimizer", "adam", "--memory", "8GiB")
+    assert out.returncode == 0, out.stderr
+    assert "batch size: 512" in out.stdout and "optimizer state (2 slots)" in out.stdout
+    assert "8.00 GiB available" in out.stdout
+
+
+def test_plan_that_does_not_fit_exits_1():
+    out = fusedopt("plan", "--m", "50000", "--layers", "784,8192,8192,10", "--memory", "600MiB")
+    assert out.returncode == 1 and "nothing fits" in out.stdout
+
+
+def test_plan_json():
+    out = fusedopt("plan", "--m", "1000", "--layers", "20,8,2", "--json")
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["batch_size"] == 1000
+
+
+@pytest.mark.parametrize("args, word", [
+    (("plan", "--m", "10", "--layers", "784"), "--layers"),
+    (("plan", "--m", "10", "--layers", "4,2", "--memory", "8XB"), "--memory"),
+    (("plan", "--m", "10", "--layers", "4,2", "--n-x", "5"), "--n-x"),
+    (("profile", "--sizes", "0"), "--sizes"),
+])
+def test_plan_and_profile_bad_flags_exit_2(args, word):
+    out = fusedopt(*args)
+    assert out.returncode == 2 and word in out.stderr
+
+
+def test_profile_on_the_digits_writes_table_and_plots(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits come with scikit-learn: "
+                                          "pip install 'fusedopt[demo]'")
+    out = fusedopt("profile", "--sizes", "64,256", "--seconds", "0.2", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "recommended:" in out.stdout and "B_simple" in out.stdout
+    assert {"profile.json", "throughput.png", "cost_vs_time.png"} <= {
+        p.name for p in tmp_path.iterdir()}

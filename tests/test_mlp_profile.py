@@ -1,0 +1,148 @@
+"""The MLP trainer (finite differences), the profiler (OOM handling, plots, noise scale)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fusedopt as fo
+from fusedopt.profile import gradient_noise_scale, profile_batch_sizes
+
+
+@pytest.mark.parametrize("layers", [[5, 4, 3], [5, 6, 4, 1], [3, 2]],
+                         ids=["softmax", "sigmoid-2-hidden", "no-hidden"])
+def test_backward_matches_finite_differences(layers):
+    rng = np.random.default_rng(0)
+    net = fo.MLP(layers, dtype=np.float64, seed=1)
+    X = rng.standard_normal((layers[0], 9))
+    if layers[-1] == 1:
+        Y = rng.integers(0, 2, (1, 9)).astype(np.float64)
+    else:
+        Y = fo.one_hot(rng.integers(0, layers[-1], 9), layers[-1], np.float64)
+    net.loss_and_grad(X, Y)
+    analytic = [g.copy() for g in net.arena.grads]
+    eps = 1e-6
+    for p, g in zip(net.arena.params, analytic, strict=True):
+        for index in np.ndindex(p.shape):
+            old = p[index]
+            p[index] = old + eps
+            net.forward(X)
+            up = net.cost(Y)
+            p[index] = old - eps
+            net.forward(X)
+            down = net.cost(Y)
+            p[index] = old
+            assert (up - down) / (2 * eps) == pytest.approx(g[index], abs=1e-7)
+
+
+def test_mlp_learns_and_validates_shapes():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4, 600)).astype(np.float32)
+    labels = (X[0] + X[1] > 0).astype(np.int64)
+    Y = fo.one_hot(labels, 2)
+    net = fo.MLP([4, 16, 2])
+    opt = fo.Adam(net.arena, lr=0.02)
+    for _ in range(15):
+        for X_t, Y_t in fo.minibatches(X, Y, 64, seed=0):
+            net.train_step(X_t, Y_t, opt)
+        opt.next_epoch()
+    assert net.accuracy(X, labels) > 0.95
+    with pytest.raises(ValueError, match="samples as columns"):
+        net.forward(X.T)
+    with pytest.raises(ValueError, match="layer_sizes"):
+        fo.MLP([4])
+
+
+def synthetic(m=2048, n_x=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_x, m)).astype(np.float32)
+    labels = np.argmax(rng.standard_normal((classes, n_x)) @ X, axis=0)
+    return X, fo.one_hot(labels, classes)
+
+
+def test_profile_measures_recommends_and_writes_plots(tmp_path):
+    X, Y = synthetic()
+    profile = profile_batch_sizes(X, Y, sizes=[32, 128, 512, 2048], seconds=0.3, lr=1e-2,
+                                  progress=False, out_dir=str(tmp_path))
+    assert [p.batch_size for p in profile.probes] == [32, 128, 512, 2048]
+    for p in profile.probes:
+        assert p.status == "ok" and p.steps > 0 and p.samples_per_s > 0
+        assert p.cost_end < p.cost_start
+        assert p.epoch_seconds == pytest.approx(2048 / p.samples_per_s)
+    assert profile.recommended in (32, 128, 512, 2048)
+    assert profile.plan is not None and profile.plan.batch_size == 512
+    assert "plan" in profile.comparison
+    assert math.isfinite(profile.noise_scale["b_simple"])
+    saved = json.loads((tmp_path / "profile.json").read_text())
+    assert saved["recommended"] == profile.recommended and len(saved["probes"]) == 4
+    for name in ("throughput.png", "cost_vs_time.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "recommended" in profile.table()
+
+
+class OOMAbove:
+    """A custom trainer that runs out of memory at batch sizes >= ``limit``."""
+
+    def __init__(self, limit):
+        self.limit, self.w = limit, 0.0
+
+    def step(self, X_t, Y_t):
+        if X_t.shape[1] >= self.limit:
+            raise MemoryError(f"cannot allocate a batch of {X_t.shape[1]}")
+        self.w += 0.01 * (1.0 - self.w)
+        return 1.0 - self.w
+
+    def cost(self, X, Y):
+        return 1.0 - self.w
+
+
+def test_out_of_memory_is_caught_reported_and_the_sweep_goes_on():
+    X, Y = synthetic(m=1024)
+    profile = profile_batch_sizes(X, Y, sizes=[64, 128, 256, 512, 1024], seconds=0.05,
+                                  trainer_factory=lambda: OOMAbove(256), progress=False,
+                                  noise_scale=False)
+    status = {p.batch_size: p.status for p in profile.probes}
+    assert status == {64: "ok", 128: "ok", 256: "out of memory", 512: "out of memory",
+                      1024: "out of memory"}
+    assert "MemoryError" in next(p.error for p in profile.probes if p.batch_size == 1024)
+    assert profile.recommended in (64, 128)
+
+
+def test_memory_limit_on_the_cpu_skips_sizes_the_plan_says_do_not_fit():
+    X, Y = synthetic(m=4096, n_x=64)
+    layers = [64, 256, 3]
+    plan = fo.plan_batch_size(X, Y, layer_sizes=layers, memory_limit=1 << 40)
+    limit = (plan.candidates[256] + plan.candidates[512]) // 2
+    profile = profile_batch_sizes(X, Y, sizes=[128, 256, 512, 1024], layer_sizes=layers,
+                                  seconds=0.05, memory_limit=limit, progress=False,
+                                  noise_scale=False)
+    status = {p.batch_size: p.status for p in profile.probes}
+    assert status == {128: "ok", 256: "ok", 512: "predicted not to fit",
+                      1024: "predicted not to fit"}
+
+
+class NoisyGradients:
+    """Per-sample gradients G + e_i with known |G|^2 and tr(Sigma) (the data holds e_i)."""
+
+    def __init__(self, G):
+        self.G = G
+
+    def gradient(self, X_t, Y_t):
+        return self.G + X_t.mean(axis=1)
+
+
+def test_gradient_noise_scale_recovers_a_known_value():
+    d, m, sigma = 50, 1 << 15, 2.0
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((d, m)) * sigma
+    noise -= noise.mean(axis=1, keepdims=True)
+    G = np.full(d, 0.5)
+    # tr(Sigma) = d * sigma^2 = 200, |G|^2 = 12.5: B_simple = 16.
+    estimate = gradient_noise_scale(NoisyGradients(G), noise, np.zeros((1, m)), small=8,
+                                    big=512, batches=64)
+    assert estimate["b_simple"] == pytest.approx(16.0, rel=0.25)
+    assert estimate["trace_sigma"] == pytest.approx(200.0, rel=0.2)
+
