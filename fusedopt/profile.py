@@ -169,11 +169,15 @@ class Profile:
 
 
 def _smoothed(values: Sequence[float], beta: float = 0.9) -> list[float]:
-    """The lecture's exponentially weighted average with bias correction."""
-    out, average = [], 0.0
-    for t, value in enumerate(values, start=1):
-        average = beta * average + (1 - beta) * value
-        out.append(average / (1 - beta**t))
+    """The lecture's exponentially weighted average with bias correction (fused ``ewa_``)."""
+    from fusedopt.functional import debias, ewa_
+
+    average, value = np.zeros(1), np.zeros(1)
+    out = []
+    for t, v in enumerate(values, start=1):
+        value[0] = v
+        ewa_(average, value, beta=beta)
+        out.append(float(debias(average, beta=beta, step=t)[0]))
     return out
 
 
