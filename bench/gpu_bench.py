@@ -131,6 +131,35 @@ def bench_rule(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
     return rows
 
 
+def bench_model(cupy, torch, fo, repeats: int) -> list[dict]:
+    """Adam over the 157-tensor set on the GPU: one launch (arena) vs torch's fused multi-tensor."""
+    from fusedopt import bench
+
+    shapes = bench.transformer_like_shapes()
+    rng = np.random.default_rng(0)
+    host = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    arena = fo.ParamArena([cupy.asarray(a) for a in host])
+    for view in arena.grads:
+        view[...] = 1e-3
+    opt = fo.Adam(arena, lr=1e-3)
+    rows = [dict(impl="arena", median_s=statistics.median(time_cupy(cupy, opt.step, repeats)))]
+    clip = fo.Adam(arena, lr=1e-3, max_grad_norm=1e9, nonfinite="skip")
+    rows.append(dict(impl="arena_clip_nonfinite",
+                     median_s=statistics.median(time_cupy(cupy, clip.step, repeats))))
+    if torch is not None:
+        params = [torch.nn.Parameter(torch.from_numpy(a).cuda()) for a in host]
+        for p in params:
+            p.grad = torch.full_like(p, 1e-3)
+        topt = torch.optim.Adam(params, lr=1e-3, fused=True)
+        rows.append(dict(impl="torch_fused",
+                         median_s=statistics.median(time_torch(torch, topt.step, repeats))))
+    torch_time = next((r["median_s"] for r in rows if r["impl"] == "torch_fused"), None)
+    for r in rows:
+        r.update(tensors=len(shapes), elements=int(sum(a.size for a in host)),
+                 x_torch_fused=None if torch_time is None else r["median_s"] / torch_time)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'rule':<9}{'n':>6}  {'impl':<16}{'median':>11}{'GB/s':>9}{'of copy':>9}"
              f"{'x torch':>9}"]
@@ -168,12 +197,18 @@ def main(argv=None) -> int:
         for exponent in (int(e) for e in args.sizes.split(",")):
             rows.extend(bench_rule(cupy, torch, fo, rule, 1 << exponent, args.repeats))
             print(f"{rule} 2^{exponent} done", file=sys.stderr, flush=True)
+    model = bench_model(cupy, torch, fo, args.repeats)
     result = dict(device=name, cupy=cupy.__version__, fusedopt=fo.__version__,
-                  torch=None if torch is None else torch.__version__, results=rows)
+                  torch=None if torch is None else torch.__version__, results=rows,
+                  model=model)
     with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"GPU: {name}; fp32; medians of {args.repeats} CUDA-event timings after warm-up")
     print(table(rows))
+    print(f"Adam over {model[0]['tensors']} tensors ({model[0]['elements']:,} fp32):")
+    for r in model:
+        x = "-" if r["x_torch_fused"] is None else f"{r['x_torch_fused']:.2f}"
+        print(f"  {r['impl']:<22}{r['median_s'] * 1e3:>8.3f} ms   x torch fused {x}")
     return 0
 
 

@@ -82,12 +82,23 @@ def aligned_empty(n: int, dtype, offset_elements: int = 0) -> np.ndarray:
     return raw[start:start + n * itemsize].view(dtype)
 
 
+class _Pointer:
+    """cupy.cuda.MemoryPointer: an address, and device-to-device copies."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def copy_from_device_async(self, src, size: int, stream=None):
+        ctypes.memmove(self.ptr, src.ptr, size)
+
+
 class ndarray(np.ndarray):
-    """NumPy memory that fusedopt takes for a CuPy array on GPU 0."""
+    """NumPy memory that fusedopt takes for a CuPy array on GPU 0 (it stands in for
+    cupy.ndarray, hence the lower-case name)."""
 
     @property
     def data(self):
-        return SimpleNamespace(ptr=self.ctypes.data)
+        return _Pointer(self.ctypes.data)
 
     @property
     def device(self):
@@ -139,6 +150,29 @@ def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map, id
     return run
 
 
+class _Event:
+    """cupy.cuda.Event, timed with the host clock (the host kernels are synchronous)."""
+
+    def record(self, stream=None):
+        import time
+
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _Generator:
+    def __init__(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self.rng.standard_normal(size).astype(dtype).view(ndarray)
+
+    def permutation(self, n):
+        return self.rng.permutation(n).view(ndarray)
+
+
 def fake_cupy(library) -> types.ModuleType:
     """A NumPy-backed ``cupy`` module: arrays are :class:`ndarray`, kernels run on the host."""
     module = types.ModuleType("cupy")
@@ -151,8 +185,18 @@ def fake_cupy(library) -> types.ModuleType:
     module.asarray = lambda a, dtype=None: np.array(a, dtype=dtype).view(ndarray)
     module.RawKernel = lambda source, name, options=(): HostRawKernel(library, source, name)
     module.ReductionKernel = _reduction_kernel
+    module.empty_like = lambda a: np.empty_like(a).view(ndarray)
+    module.abs = lambda a, out=None: np.abs(a, out=out)
+    module.uint8 = np.uint8
+    module.random = SimpleNamespace(default_rng=_Generator)
+    module.get_default_memory_pool = lambda: SimpleNamespace(free_all_blocks=lambda: None,
+                                                             free_bytes=lambda: 0)
     module.cuda = SimpleNamespace(
         Device=lambda device_id=0: contextlib.nullcontext(),
-        runtime=SimpleNamespace(getDeviceCount=lambda: 1,
-                                getDeviceProperties=lambda i: {"multiProcessorCount": 2}))
+        Event=_Event,
+        get_elapsed_time=lambda start, end: (end.time - start.time) * 1e3,
+        runtime=SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda i: {"multiProcessorCount": 2,
+                                           "name": b"host emulation"}))
     return module
