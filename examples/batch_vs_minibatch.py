@@ -13,11 +13,10 @@ kernels; the cost is measured on the whole training set.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
+from _common import save, start
 
 import fusedopt as fo
 from fusedopt.datasets import load_digits
@@ -45,15 +44,7 @@ def run(X, Y, batch_size: int, seconds: float, lr: float = 0.1):
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="docs/images")
-    parser.add_argument("--seconds", type=float, default=1.5)
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args, plt = start(__doc__, argv, ("--seconds", dict(type=float, default=1.5)))
     data = load_digits()
     X, Y = data.X_train, data.Y_train
     run(X, Y, 8, 1e-3)  # warm up (JIT or cache load) outside the timed runs
@@ -72,13 +63,7 @@ def main(argv=None) -> str:
         ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.suptitle("Batch, mini-batch and stochastic gradient descent on the digits")
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, "batch_vs_minibatch.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(out)
-    return out
+    return save(fig, plt, args.out, "batch_vs_minibatch.png")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ V_0 = 0) against the same with ``fo.debias`` (green).
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
+from _common import save, start
 
 import fusedopt as fo
 
@@ -38,15 +36,8 @@ def averages(temps: np.ndarray, beta: float, bias_correction: bool) -> np.ndarra
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="docs/images")
-    parser.add_argument("--days", type=int, default=None, help="only the first N days")
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args, plt = start(__doc__, argv, ("--days", dict(type=int, default=None,
+                                                      help="only the first N days")))
     temps = seattle_temperatures(args.days)
     days = np.arange(1, temps.size + 1)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
@@ -67,13 +58,7 @@ def main(argv=None) -> str:
     bottom.set_ylabel("deg C")
     bottom.set_title("Bias correction matters early on")
     bottom.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "ewa_temperatures.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(path)
-    return path
+    return save(fig, plt, args.out, "ewa_temperatures.png")
 
 
 if __name__ == "__main__":

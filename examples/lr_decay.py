@@ -12,10 +12,8 @@ cost settles much closer to the optimum (the green path).
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
+from _common import save, start
 
 import fusedopt as fo
 
@@ -58,15 +56,7 @@ def train(X, Y, schedule, epochs: int, batch_size: int = 8) -> list[float]:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="docs/images")
-    parser.add_argument("--epochs", type=int, default=40)
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args, plt = start(__doc__, argv, ("--epochs", dict(type=int, default=40)))
     X, Y, w_star = problem()
     best = cost(w_star, X, Y)
     epochs = np.arange(1, args.epochs + 1)
@@ -84,13 +74,7 @@ def main(argv=None) -> str:
     right.set_yscale("log")
     right.set_title("Mini-batch SGD (8) on noisy least squares")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, "lr_decay.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(out)
-    return out
+    return save(fig, plt, args.out, "lr_decay.png")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ call of a fused kernel on a 2-element parameter.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
+from _common import save, start
 
 import fusedopt as fo
 
@@ -45,15 +43,7 @@ def path(rule: str, steps: int) -> np.ndarray:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="docs/images")
-    parser.add_argument("--steps", type=int, default=40)
-    args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args, plt = start(__doc__, argv, ("--steps", dict(type=int, default=40)))
     w, b = np.meshgrid(np.linspace(-10, 2, 300), np.linspace(-2, 2, 200))
     cost = 0.5 * (CURVATURE[0] * w**2 + CURVATURE[1] * b**2)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -70,13 +60,7 @@ def main(argv=None) -> str:
     ax.set_ylabel("b (steep direction)")
     ax.set_title("Paths on an elongated quadratic, from the same start")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, "optimizer_paths.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(out)
-    return out
+    return save(fig, plt, args.out, "optimizer_paths.png")
 
 
 if __name__ == "__main__":

@@ -200,11 +200,16 @@ def flag(fname: str, name: str, value) -> bool:
     return bool(value)
 
 
+def count(fname: str, name: str, value, what: str, hint: str) -> int:
+    """A 1-based count: ``what`` it counts and a ``hint`` for the messages."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{fname}: {name} must be an int ({what}), not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{fname}: {name}={value} is out of range; {hint}")
+    return int(value)
+
+
 def step(fname: str, value) -> int:
     """The 1-based count of the update being made."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{fname}: step must be an int (the 1-based update count), "
-                        f"not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{fname}: step={value} is out of range; the first update is step=1")
-    return int(value)
+    return count(fname, "step", value, "the 1-based update count",
+                 "the first update is step=1")

@@ -56,28 +56,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fusedopt import bench
 
     if args.model:
-        rows = bench.measure_model(min_repeats=args.repeats, min_seconds=args.seconds)
-        if args.json:
-            json.dump({"fusedopt": __version__, "model": rows}, sys.stdout, indent=2)
-            print()
-        else:
-            print(bench.format_model_table(rows))
-            print("\narena: fo.Adam over a ParamArena (one launch); list: fo.Adam over the 157 "
+        key, rows = "model", bench.measure_model(min_repeats=args.repeats,
+                                                 min_seconds=args.seconds)
+        table = bench.format_model_table(rows)
+        legend = ("arena: fo.Adam over a ParamArena (one launch); list: fo.Adam over the 157 "
                   "arrays (one launch each); arena_clip_nonfinite: with max_grad_norm and "
                   "nonfinite='skip'; floor: one pass moving Adam's 7 streams with no math.")
-        return 0
-    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
-    results = bench.run(rules=args.rules, sizes=args.sizes, impls=args.impls,
-                        min_repeats=args.repeats, min_seconds=args.seconds, progress=progress)
-    rows = bench.ratios(results)
+    else:
+        progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
+        key, rows = "results", bench.ratios(bench.run(
+            rules=args.rules, sizes=args.sizes, impls=args.impls, min_repeats=args.repeats,
+            min_seconds=args.seconds, progress=progress))
+        table = bench.format_table(rows)
+        legend = ("x floor: time / the floor's time (1.00 = memory-bound at this machine's "
+                  "bandwidth); x faster than ref: the NumPy reference's time / this time; "
+                  "x torch fused: time / torch.optim's fused step (< 1 is faster).")
     if args.json:
-        json.dump({"fusedopt": __version__, "results": rows}, sys.stdout, indent=2)
+        json.dump({"fusedopt": __version__, key: rows}, sys.stdout, indent=2)
         print()
     else:
-        print(bench.format_table(rows))
-        print("\nx floor: time / the floor's time (1.00 = memory-bound at this machine's "
-              "bandwidth); x faster than ref: the NumPy reference's time / this time; "
-              "x torch fused: time / torch.optim's fused step (< 1 is faster).")
+        print(table)
+        print("\n" + legend)
     return 0
 
 

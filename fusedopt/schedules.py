@@ -26,12 +26,8 @@ from fusedopt import _checks
 
 
 def _count(name: str, t) -> int:
-    if isinstance(t, bool) or not isinstance(t, Integral):
-        raise TypeError(f"{name}: t must be an int (the 1-based epoch or step), "
-                        f"not {type(t).__name__}")
-    if t < 1:
-        raise ValueError(f"{name}: t={t} is out of range; epochs and steps count from 1")
-    return int(t)
+    return _checks.count(name, "t", t, "the 1-based epoch or step",
+                         "epochs and steps count from 1")
 
 
 @dataclass(frozen=True)
