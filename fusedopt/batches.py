@@ -35,7 +35,8 @@ def _generator(seed, xp):
             entropy = [int(seed), k]
         if xp is np:
             return np.random.default_rng(entropy)
-        return xp.random.default_rng(np.random.SeedSequence(entropy).generate_state(1)[0])
+        # CuPy: a device RandomState (it has permutation), seeded from the same entropy.
+        return xp.random.RandomState(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
     if isinstance(seed, np.random.Generator) or hasattr(seed, "permutation"):
         return seed
     raise TypeError(f"minibatches: seed must be None, an int or a random Generator, not "
@@ -88,7 +89,8 @@ def minibatches(X, Y, batch_size: int, *, sample_axis: int = 1, shuffle: bool = 
 
 
 def _batches(X, Y, batch_size, sample_axis, y_axis, m, shuffle, rng, drop_last, xp):
-    order = rng.permutation(m) if shuffle else None
+    # The permutation lives where the data lives (a host Generator's indices are copied over).
+    order = xp.asarray(rng.permutation(m)) if shuffle else None
     stop = m - m % batch_size if drop_last else m
     for start in range(0, stop, batch_size):
         end = min(start + batch_size, m)

@@ -188,7 +188,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
             temporaries one sample needs (then pass ``param_shapes`` too).
         optimizer: ``"sgd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"`` or ``"adamw"``.
         memory_limit: bytes to plan for instead of what the device has free.
-        backend: ``"cupy"`` plans for the GPU; anything else (default) for the CPU.
+        backend: ``"cupy"`` plans for the GPU, ``"numba"``/``"numpy"`` for the CPU;
+            ``None`` (default) decides by where ``X`` lives (the CPU for shapes).
         dtype: the parameters' dtype.
         param_shapes: parameter shapes (default: those of ``layer_sizes``' MLP).
 
@@ -223,7 +224,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         shapes = param_shapes
     if optimizer not in STATE_SLOTS:
         raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
-    gpu = backend == "cupy"
+    gpu = backend == "cupy" or (backend is None and x_kind == "cupy")
     device = "gpu" if gpu else "cpu"
     if memory_limit is not None:
         available = int(_checks.real(f, "memory_limit", memory_limit, 0.0, lo_open=True))

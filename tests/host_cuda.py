@@ -173,6 +173,23 @@ class _Generator:
         return self.rng.permutation(n).view(ndarray)
 
 
+class _Device(contextlib.nullcontext):
+    """cupy.cuda.Device(0): a context manager, with the 'GPU's' memory."""
+
+    def __init__(self, device_id: int = 0):
+        super().__init__()
+        self.id = device_id
+        self.mem_info = (8 * 2**30, 16 * 2**30)  # (free, total)
+
+
+class _RandomState:
+    def __init__(self, seed):
+        self.state = np.random.RandomState(seed)
+
+    def permutation(self, n):
+        return self.state.permutation(n).view(ndarray)
+
+
 def fake_cupy(library) -> types.ModuleType:
     """A NumPy-backed ``cupy`` module: arrays are :class:`ndarray`, kernels run on the host."""
     module = types.ModuleType("cupy")
@@ -183,16 +200,21 @@ def fake_cupy(library) -> types.ModuleType:
     module.empty = lambda shape, dtype=float: np.empty(shape, dtype).view(ndarray)
     module.zeros_like = lambda a: np.zeros_like(a).view(ndarray)
     module.asarray = lambda a, dtype=None: np.array(a, dtype=dtype).view(ndarray)
+    module.take = lambda a, index, axis=None: np.take(a, index, axis=axis).view(ndarray)
+    module.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(ndarray)
+    # Everything else (matmul, exp, maximum, ...) is NumPy's, which keeps the subclass.
+    module.__getattr__ = lambda name: getattr(np, name)
     module.RawKernel = lambda source, name, options=(): HostRawKernel(library, source, name)
     module.ReductionKernel = _reduction_kernel
     module.empty_like = lambda a: np.empty_like(a).view(ndarray)
     module.abs = lambda a, out=None: np.abs(a, out=out)
     module.uint8 = np.uint8
-    module.random = SimpleNamespace(default_rng=_Generator)
+    module.random = SimpleNamespace(default_rng=_Generator,
+                                    RandomState=lambda seed: _RandomState(seed))
     module.get_default_memory_pool = lambda: SimpleNamespace(free_all_blocks=lambda: None,
                                                              free_bytes=lambda: 0)
     module.cuda = SimpleNamespace(
-        Device=lambda device_id=0: contextlib.nullcontext(),
+        Device=_Device,
         Event=_Event,
         get_elapsed_time=lambda start, end: (end.time - start.time) * 1e3,
         runtime=SimpleNamespace(

@@ -107,3 +107,12 @@ def test_optimizer_paths_reach_the_minimum_in_the_expected_order():
     # Gradient descent zig-zags across the steep direction: b changes sign step after step.
     b = path("gradient descent", 10)[:, 1]
     assert (np.sign(b[1:]) != np.sign(b[:-1])).sum() >= 8
+
+
+def test_demo_on_the_cupy_backend(host_cupy, tmp_path):
+    """``fusedopt demo --backend cupy``'s code path, on the host-emulated CuPy."""
+    from fusedopt import demo
+
+    result = demo.run(backend="cupy", epochs=3, out=str(tmp_path), progress=False,
+                      log=lambda *_: None)
+    assert result.test_accuracy > 0.8 and result.steps == 3 * 23

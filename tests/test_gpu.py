@@ -128,3 +128,20 @@ def test_arena_optimizer_and_checkpoint_on_the_device(cupy, tmp_path):
         np.testing.assert_array_equal(a.get(), b)
     gpu_arena.grads[0][0, 0] = cupy.nan
     assert gpu_opt.step() is False and gpu_opt.skipped_steps == 1
+
+
+def test_profile_catches_cupy_out_of_memory(cupy):
+    """With CuPy's pool limited, the large probes run out of memory; the sweep goes on."""
+    pool = cupy.get_default_memory_pool()
+    rng = np.random.default_rng(0)
+    X = cupy.asarray(rng.standard_normal((256, 8192)).astype(np.float32))
+    Y = cupy.asarray(fo.one_hot(rng.integers(0, 10, 8192), 10))
+    pool.set_limit(size=pool.total_bytes() + 24 * 2**20)
+    try:
+        profile = fo.profile_batch_sizes(X, Y, sizes=[64, 8192], layer_sizes=[256, 2048, 10],
+                                         seconds=0.2, progress=False, noise_scale=False)
+    finally:
+        pool.set_limit(size=0)
+    status = {p.batch_size: p.status for p in profile.probes}
+    assert status[8192] == "out of memory" and status[64] == "ok"
+    assert "OutOfMemoryError" in next(p.error for p in profile.probes if p.batch_size == 8192)

@@ -146,3 +146,25 @@ def test_gradient_noise_scale_recovers_a_known_value():
     assert estimate["b_simple"] == pytest.approx(16.0, rel=0.25)
     assert estimate["trace_sigma"] == pytest.approx(200.0, rel=0.2)
 
+
+
+def test_mlp_minibatches_and_profile_on_the_cupy_path(host_cupy):
+    """The MLP, fo.minibatches and the profiler on CuPy arrays (host-emulated): same
+    training as on NumPy, and the plan is made for the GPU."""
+    X, Y = synthetic(m=512)
+    on_gpu, on_cpu = fo.MLP([8, 16, 3], xp="cupy"), fo.MLP([8, 16, 3])
+    assert isinstance(on_gpu.arena.params[0], host_cupy.ndarray)
+    gpu_opt, cpu_opt = fo.Adam(on_gpu.arena, lr=1e-2), fo.Adam(on_cpu.arena, lr=1e-2)
+    assert gpu_opt.backend == "cupy"
+    Xd, Yd = host_cupy.asarray(X), host_cupy.asarray(Y)
+    for (X_t, Y_t), (Xd_t, Yd_t) in zip(fo.minibatches(X, Y, 64, shuffle=False),
+                                        fo.minibatches(Xd, Yd, 64, shuffle=False), strict=True):
+        assert isinstance(Xd_t, host_cupy.ndarray)
+        on_cpu.train_step(X_t, Y_t, cpu_opt)
+        on_gpu.train_step(Xd_t, Yd_t, gpu_opt)
+    for a, b in zip(on_gpu.arena.params, on_cpu.arena.params, strict=True):
+        np.testing.assert_allclose(np.array(a), b, rtol=1e-4, atol=1e-6)
+    profile = profile_batch_sizes(Xd, Yd, sizes=[64, 512], seconds=0.05, progress=False,
+                                  noise_scale=False)
+    assert profile.plan.device == "gpu"
+    assert {p.status for p in profile.probes} == {"ok"}

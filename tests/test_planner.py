@@ -194,3 +194,17 @@ def test_a_limit_larger_than_the_machine_changes_nothing(tmp_path):
     write(tmp_path / "cg" / "memory.current", "0")
     info = devices.cpu_memory(str(tmp_path / "meminfo"), str(tmp_path / "cg"))
     assert info.available_bytes == 8000000 * 1024
+
+
+def test_gpu_probe_adds_what_the_cupy_pool_holds_free(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(
+        cuda=SimpleNamespace(Device=lambda: SimpleNamespace(mem_info=(3 * 2**30, 80 * 2**30))),
+        get_default_memory_pool=lambda: SimpleNamespace(free_bytes=lambda: 2**30))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    assert planner.available_memory("gpu") == 4 * 2**30
+    p = fo.plan_batch_size(((20, 3000), np.float32), ((2, 3000), np.float32),
+                           layer_sizes=[20, 8, 2], backend="cupy")
+    assert p.available_bytes == 4 * 2**30 and p.device == "gpu"
