@@ -14,7 +14,7 @@ import numpy as np
 
 from fusedopt import backends
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _NDARRAY = np.ndarray
 
 
@@ -35,7 +35,7 @@ def array_kind(x) -> str:
     return "other"
 
 
-def _from_dlpack(fname: str, name: str, x):
+def from_dlpack(fname: str, name: str, x):
     """A zero-copy NumPy or CuPy view of another library's tensor (e.g. torch), via DLPack."""
     device_type = x.__dlpack_device__()[0]
     try:
@@ -67,7 +67,7 @@ def _converted(fname, names, values, kinds):
                 f"DLPack), not {type(value).__name__}; convert it once with np.asarray and "
                 "keep the array, since the update is made in place"
             )
-        yield _from_dlpack(fname, name, value) if kind == "dlpack" else value
+        yield from_dlpack(fname, name, value) if kind == "dlpack" else value
 
 
 def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str, ...],
@@ -79,7 +79,7 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
     written ones writeable.
     """
     if all(type(v) is _NDARRAY for v in values) and _plain_numpy_ok(values, names, writes):
-        backend = _backend_for(fname, "numpy", backend)
+        backend = backend_for(fname, "numpy", backend)
         if backend != "numba":  # the Numba drivers check overlap themselves, for free
             _no_overlap(fname, names, values, "numpy")
         return backends.get(backend), values
@@ -89,7 +89,7 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
         kinds = [array_kind(v) for v in values]
     first, first_name, kind = values[0], names[0], kinds[0]
     dtype, shape = first.dtype, first.shape
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fname}: {first_name} has dtype {dtype}; fusedopt updates float32 or "
                         f"float64 arrays (allocate {first_name} with one of those)")
     for name, value, k in zip(names, values, kinds, strict=True):
@@ -116,14 +116,14 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
                                  f"{first_name} is on GPU {device}; move it with "
                                  f"cupy.cuda.Device({device}).use() and cupy.asarray")
     _no_overlap(fname, names, values, kind)
-    return backends.get(_backend_for(fname, kind, backend)), values
+    return backends.get(backend_for(fname, kind, backend)), values
 
 
 def _plain_numpy_ok(values, names, writes) -> bool:
     """True when NumPy arrays pass every check but overlap (the fast path, no messages)."""
     first = values[0]
     dtype, shape = first.dtype, first.shape
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         return False
     for name, value in zip(names, values, strict=True):
         flags = value.flags
@@ -133,7 +133,7 @@ def _plain_numpy_ok(values, names, writes) -> bool:
     return True
 
 
-def _backend_for(fname: str, kind: str, backend: str | None) -> str:
+def backend_for(fname: str, kind: str, backend: str | None) -> str:
     if backend is None:
         return "numba" if kind == "numpy" else "cupy"
     if backend not in backends.NAMES:

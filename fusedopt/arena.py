@@ -69,7 +69,7 @@ class ParamArena:
                              "or their shapes")
         if dtype is not None:
             dtype = np.dtype(dtype)
-            if dtype not in _checks._FLOAT_DTYPES:
+            if dtype not in _checks.FLOAT_DTYPES:
                 raise TypeError(f"ParamArena: dtype={dtype} is not supported; use float32 or "
                                 "float64")
         sources, shapes, dtypes, kinds = [], [], [], set()
@@ -84,13 +84,13 @@ class ParamArena:
                 continue
             kind = _checks.array_kind(item)
             if kind == "dlpack":
-                item = _checks._from_dlpack("ParamArena", f"arrays_or_shapes[{i}]", item)
+                item = _checks.from_dlpack("ParamArena", f"arrays_or_shapes[{i}]", item)
                 kind = _checks.array_kind(item)
             if kind == "other":
                 raise TypeError(f"ParamArena: arrays_or_shapes[{i}] is a {type(item).__name__}; "
                                 "pass NumPy or CuPy arrays, or shapes as tuples")
             own = np.dtype(item.dtype)
-            if dtype is None and own not in _checks._FLOAT_DTYPES:
+            if dtype is None and own not in _checks.FLOAT_DTYPES:
                 raise TypeError(f"ParamArena: arrays_or_shapes[{i}] has dtype {own}; pass "
                                 "dtype=np.float32 (or float64) to convert it")
             kinds.add(kind)

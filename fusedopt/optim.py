@@ -96,12 +96,12 @@ class _Group:
 def _checked_param(owner: str, name: str, p):
     kind = _checks.array_kind(p)
     if kind == "dlpack":
-        p = _checks._from_dlpack(owner, name, p)
+        p = _checks.from_dlpack(owner, name, p)
         kind = _checks.array_kind(p)
     if kind == "other":
         raise TypeError(f"{owner}: {name} is a {type(p).__name__}; parameters are NumPy or CuPy "
                         "arrays (or DLPack tensors), updated in place")
-    if p.dtype not in _checks._FLOAT_DTYPES:
+    if p.dtype not in _checks.FLOAT_DTYPES:
         raise TypeError(f"{owner}: {name} has dtype {p.dtype}; parameters are float32 or float64")
     if not p.flags.c_contiguous:
         raise ValueError(f"{owner}: {name} is not C-contiguous; pass the array itself")
@@ -162,7 +162,7 @@ class Optimizer:
         kind = kinds.pop()
         if backend is None:
             backend = "numba" if kind == "numpy" else "cupy"
-        self.backend = _checks._backend_for(name, kind, backend)
+        self.backend = _checks.backend_for(name, kind, backend)
         self._impl = backends.get(self.backend)
         self._xp = np if kind == "numpy" else __import__("cupy")
         self.step_count = 0
@@ -391,7 +391,7 @@ def _checks_grad(owner: str, k: int, g, p, kind: str):
     name = f"grads[{k}]"
     gk = _checks.array_kind(g)
     if gk == "dlpack":
-        g = _checks._from_dlpack(owner, name, g)
+        g = _checks.from_dlpack(owner, name, g)
         gk = _checks.array_kind(g)
     if gk != kind:
         raise TypeError(f"{owner}.step: {name} is a {gk} array but the parameter is a {kind} "

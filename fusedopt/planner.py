@@ -257,8 +257,6 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
             hi = mid - 1
     max_fit = lo
     candidates = {b: total(b) for b in (*config.MINIBATCH_SIZES, m) if b <= m}
-    data_fits = resident_already or (max_fit >= 1 and dataset + total(min(max_fit, 64 if m > 64
-                                                                          else m)) <= usable)
     if m <= config.FULL_BATCH_MAX_SAMPLES and max_fit >= m:
         batch, reason = m, (f"m = {m} <= {config.FULL_BATCH_MAX_SAMPLES}: a small training set, "
                             "so batch gradient descent (the whole set each step) fits and is "
@@ -285,7 +283,9 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
     breakdown = peak(batch)
     if gpu and not resident_already:
         breakdown = {**breakdown, "data set (if kept on the device)": dataset}
-    chosen = sum(peak(batch).values())
+    chosen = total(batch)
+    # Can the whole data set stay on the device next to a step at the chosen size?
+    data_fits = resident_already or (max_fit >= batch and dataset + chosen <= usable)
     return BatchPlan(batch_size=batch, fits=max_fit >= batch, peak_bytes=chosen,
                      available_bytes=available, breakdown=breakdown,
                      max_fitting_batch_size=max_fit, data_fits_on_device=bool(data_fits),
