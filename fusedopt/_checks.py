@@ -7,6 +7,7 @@ the fix. Nothing is written until all checks pass.
 
 from __future__ import annotations
 
+import itertools
 import math
 from numbers import Integral, Real
 
@@ -26,13 +27,46 @@ def array_kind(x) -> str:
     t = type(x)
     if t is _NDARRAY:
         return "numpy"
-    if t.__module__.startswith("cupy"):
+    if t.__module__.split(".")[0] == "cupy" and hasattr(x, "flags"):  # not cupyx.sparse
         return "cupy"
     if isinstance(x, _NDARRAY):
         return "numpy"
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         return "dlpack"
     return "other"
+
+
+def as_base_array(x):
+    """A plain ``np.ndarray`` view of an ndarray subclass (``np.matrix`` flattens to 2-D, and
+    a subclass's own methods must not run inside the kernels); anything else unchanged."""
+    if isinstance(x, _NDARRAY) and type(x) is not _NDARRAY:
+        return x.view(_NDARRAY)
+    return x
+
+
+def ranges_overlap(a, b) -> bool:
+    """Whether two contiguous NumPy or CuPy arrays share any bytes."""
+    if not a.size or not b.size:
+        return False
+    if isinstance(a, _NDARRAY):
+        return bool(np.may_share_memory(a, b))
+    return a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
+
+
+def no_overlap_among(fname: str, what: str, arrays: list) -> None:
+    """Raise if any two of many contiguous arrays share memory (sorted by address: n log n)."""
+    spans = []
+    for k, a in enumerate(arrays):
+        if a.size:
+            start = a.ctypes.data if isinstance(a, _NDARRAY) else a.data.ptr
+            device = -1 if isinstance(a, _NDARRAY) else a.device.id
+            spans.append((device, start, start + a.nbytes, k))
+    spans.sort()
+    for (dev_a, _, end_a, k_a), (dev_b, start_b, _, k_b) in itertools.pairwise(spans):
+        if dev_a == dev_b and start_b < end_a:
+            first, second = sorted((k_a, k_b))
+            raise ValueError(f"{fname}: {what} {first} and {second} share memory (the same "
+                             "array given twice?); each parameter must have its own memory")
 
 
 def from_dlpack(fname: str, name: str, x):
@@ -87,6 +121,8 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
     if "dlpack" in kinds or "other" in kinds:
         values = tuple(_converted(fname, names, values, kinds))
         kinds = [array_kind(v) for v in values]
+    values = tuple(as_base_array(v) if k == "numpy" else v
+                   for v, k in zip(values, kinds, strict=True))
     first, first_name, kind = values[0], names[0], kinds[0]
     dtype, shape = first.dtype, first.shape
     if dtype not in FLOAT_DTYPES:
@@ -150,14 +186,7 @@ def _no_overlap(fname, names, values, kind):
     n = len(values)
     for i in range(n):
         for j in range(i + 1, n):
-            a, b = values[i], values[j]
-            if kind == "numpy":
-                overlap = a.size and b.size and np.may_share_memory(a, b)
-            else:
-                overlap = a.size and b.size and (
-                    a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
-                )
-            if overlap:
+            if ranges_overlap(values[i], values[j]):
                 raise overlap_error(fname, names[i], names[j])
 
 

@@ -83,7 +83,8 @@ class _Group:
         self.state: list[list] | None = None  # per unit, one array per state name
 
     def allocate(self, state_names: tuple[str, ...], xp) -> None:
-        self.state = [[xp.zeros_like(p) for _ in state_names] for p in self.unit_params]
+        """Zeroed state, each array on its parameter's device."""
+        self.state = [[_zeros_like(xp, p) for _ in state_names] for p in self.unit_params]
 
     def state_views(self, k: int) -> list:
         """Per-tensor views of state ``k`` (arena state is laid out like the arena)."""
@@ -91,6 +92,18 @@ class _Group:
             return [unit[k] for unit in self.state]
         flat = {p.dtype: unit[k] for p, unit in zip(self.unit_params, self.state, strict=True)}
         return self.arena.views(flat)
+
+
+def _on_device(xp, a):
+    """The device context of a CuPy array (a no-op context for NumPy)."""
+    import contextlib
+
+    return contextlib.nullcontext() if xp is np else xp.cuda.Device(a.device.id)
+
+
+def _zeros_like(xp, a):
+    with _on_device(xp, a):
+        return xp.zeros_like(a)
 
 
 def _checked_param(owner: str, name: str, p):
@@ -107,7 +120,7 @@ def _checked_param(owner: str, name: str, p):
         raise ValueError(f"{owner}: {name} is not C-contiguous; pass the array itself")
     if kind == "numpy" and not p.flags.writeable:
         raise ValueError(f"{owner}: {name} is read-only; parameters are updated in place")
-    return p
+    return _checks.as_base_array(p) if kind == "numpy" else p
 
 
 class Optimizer:
@@ -160,8 +173,9 @@ class Optimizer:
         if len(kinds) > 1:
             raise TypeError(f"{name}: NumPy and CuPy parameters mixed; one optimizer, one device")
         kind = kinds.pop()
-        if backend is None:
-            backend = "numba" if kind == "numpy" else "cupy"
+        # A tensor given twice (or two overlapping views) would be updated twice per step.
+        _checks.no_overlap_among(name, "parameters", [p for g in self.groups
+                                                      for p in g.unit_params])
         self.backend = _checks.backend_for(name, kind, backend)
         self._impl = backends.get(self.backend)
         self._xp = np if kind == "numpy" else __import__("cupy")
@@ -193,10 +207,10 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         value = _checks.real(type(self).__name__, "lr", value, 0.0)
+        if any(group.schedule is not None for group in self.groups):
+            raise ValueError(f"{type(self).__name__}: lr is set by the schedule; remove the "
+                             "schedule to set it by hand")
         for group in self.groups:
-            if group.schedule is not None:
-                raise ValueError(f"{type(self).__name__}: lr is set by the schedule; remove the "
-                                 "schedule to set it by hand")
             group.hyper["lr"] = value
 
     def next_epoch(self) -> int:
@@ -248,9 +262,13 @@ class Optimizer:
                 ``arena.grads`` are used.
         """
         units = self._units(grads)
+        t = self.step_count + 1
+        lrs = [self._lr(group, t) for group in self.groups]  # a bad schedule fails here, first
         scale = 1.0
         if self.max_grad_norm is not None or self.nonfinite is not None:
-            total = sum(self._impl.sum_of_squares(g) for pairs in units for _, g in pairs)
+            # One read of the gradients; on a GPU the partial sums stay on the device and the
+            # host reads their total once.
+            total = float(sum(self._impl.sum_of_squares(g) for pairs in units for _, g in pairs))
             norm = math.sqrt(total) if total == total else math.nan
             self.last_grad_norm = norm
             if not math.isfinite(norm):
@@ -267,18 +285,19 @@ class Optimizer:
         if self.groups[0].state is None:
             for group in self.groups:
                 group.allocate(self.state_names, self._xp)
-        t = self.step_count + 1
         rule, impl = self.rule, self._impl
-        for group, pairs in zip(self.groups, units, strict=True):
-            hyper = {**group.hyper, "lr": self._lr(group, t), "grad_scale": scale}
+        launches = []  # everything prepared before the first write
+        for group, pairs, lr in zip(self.groups, units, lrs, strict=True):
+            hyper = {**group.hyper, "lr": lr, "grad_scale": scale}
             if self.rule_name == "adam":
                 hyper["step"] = t
             prepared = {}
             for (p, g), state in zip(pairs, group.state, strict=True):
-                dtype = p.dtype
-                if dtype not in prepared:
-                    prepared[dtype] = impl.prepare(rule, hyper, dtype)
-                impl.launch(rule, (p, g, *state), prepared[dtype])
+                if p.dtype not in prepared:
+                    prepared[p.dtype] = impl.prepare(rule, hyper, p.dtype)
+                launches.append(((p, g, *state), prepared[p.dtype]))
+        for arrays, scalars in launches:
+            impl.launch(rule, arrays, scalars)
         self.step_count = t
         return True
 
@@ -340,11 +359,18 @@ class Optimizer:
         staged = []  # (group, hyper, params on device, state on device or None)
         for gi, (group, entry) in enumerate(zip(self.groups, groups, strict=True)):
             where = f"{name}.load_state_dict: group {gi}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("hyper", {}), dict) \
+                    or not isinstance(entry.get("state") or {}, dict):
+                raise ValueError(f"{where} is not a group's state (a dict with 'hyper', "
+                                 "'params' and 'state')")
             hyper = dict(entry.get("hyper", {}))
             if set(hyper) != set(group.hyper):
                 raise ValueError(f"{where} hyperparameters {sorted(hyper)} are not "
                                  f"{sorted(group.hyper)}")
-            hyper = self._validate(hyper, where)
+            try:
+                hyper = self._validate(hyper, where)
+            except TypeError as exc:  # a wrong type in a file is a bad file: one error type
+                raise ValueError(str(exc)) from exc
             params = self._staged_arrays(where, "params", entry.get("params"), group.tensors)
             saved_state = entry.get("state") or {}
             if saved_state and set(saved_state) != set(self.state_names):
@@ -383,7 +409,8 @@ class Optimizer:
             if tuple(a.shape) != tuple(ref.shape) or a.dtype != ref.dtype:
                 raise ValueError(f"{where}: {what}[{k}] is {a.dtype} {tuple(a.shape)} but the "
                                  f"parameter is {ref.dtype} {tuple(ref.shape)}")
-            out.append(self._xp.asarray(a))
+            with _on_device(self._xp, ref):  # onto the parameter's own GPU
+                out.append(self._xp.asarray(a))
         return out
 
 
@@ -401,9 +428,12 @@ def _checks_grad(owner: str, k: int, g, p, kind: str):
                          f"parameter is {p.dtype} {tuple(p.shape)}")
     if not g.flags.c_contiguous:
         raise ValueError(f"{owner}.step: {name} is not C-contiguous")
-    if kind == "numpy" and g.size and np.may_share_memory(g, p):
+    if kind == "cupy" and g.device.id != p.device.id:
+        raise ValueError(f"{owner}.step: {name} is on GPU {g.device.id} but its parameter is "
+                         f"on GPU {p.device.id}")
+    if _checks.ranges_overlap(g, p):
         raise ValueError(f"{owner}.step: {name} shares memory with its parameter")
-    return g
+    return _checks.as_base_array(g) if kind == "numpy" else g
 
 
 class SGD(Optimizer):

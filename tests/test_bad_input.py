@@ -120,3 +120,12 @@ def test_a_tensor_that_requires_grad_gets_advice():
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(TypeError, match="detach"):
         fo.sgd_(p, torch.ones(3), lr=0.1)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_matrix_inputs_are_viewed_as_plain_arrays():
+    """np.matrix stays 2-D when flattened; the checks view it as an ndarray (same memory)."""
+    p = np.asmatrix(np.ones((2, 3), np.float32))
+    g = np.asmatrix(np.full((2, 3), 2.0, np.float32))
+    fo.sgd_(p, g, lr=0.25)
+    np.testing.assert_array_equal(np.asarray(p), 0.5)

@@ -112,18 +112,37 @@ def uses_unknown_name(param, grad, lr):
     return (param - lr * grad * undefined_scale,)  # noqa: F821
 
 
+def uses_bool_value(param, grad, lr):
+    return (param - lr * (grad and lr),)
+
+
+def uses_conditions(param, grad, lr):
+    step = lr if (grad > 0 and not param < 0) or lr > 1 else 0.0
+    step = step * 2.0  # a local assigned twice
+    return (param - step * grad,)
+
+
 def uses_literals(param, grad, lr):
     half = 0.5
     return (param - lr * (grad * half + 2 if grad > 0 else -grad),)
 
 
 @pytest.mark.parametrize("fn, words", [
-    (uses_power, "Pow"), (uses_attribute, "Import"), (uses_unknown_name, "undefined_scale")])
+    (uses_power, "Pow"), (uses_attribute, "Import"), (uses_unknown_name, "undefined_scale"),
+    (uses_bool_value, "used as a value")])
 def test_untranslatable_rules_are_named(fn, words):
     rule = _rule_from(fn, ("param", "grad"), ("param",))
     with pytest.raises(NotImplementedError, match=words) as info:
         cupy_cuda.device_function(rule, "float32")
     assert "line" in str(info.value) and fn.__name__ in str(info.value)
+
+
+def test_conditions_and_reassigned_locals_compile(nvrtc):
+    rule = _rule_from(uses_conditions, ("param", "grad"), ("param",))
+    source = cupy_cuda.device_function(rule, "float32")
+    assert "&&" in source and "||" in source and "float step = " in source
+    wrapped = source + 'extern "C" __global__ void k() {}\n'
+    compile_ptx(nvrtc, wrapped, "sm_90")
 
 
 def test_literals_are_typed_to_the_compute_type():
@@ -161,7 +180,7 @@ def test_translated_kernel_matches_oracle_on_the_host(host_library, rule_name, d
             out[...] = a.reshape(-1)
             arrays.append(out)
         if vector:
-            assert cupy_cuda.use_vector_kernel([a.ctypes.data for a in arrays], 4)
+            assert cupy_cuda.use_vector_kernel([a.ctypes.data for a in arrays])
         before64 = tuple(a.astype(np.float64).reshape(a.shape) for a in arrays)
         scalars = [np.dtype(dtype).type(s) for s in rule.host_scalars(**hyper)]
         run_on_host(host_library, rule, dtype, arrays, scalars, vector, grid, block)
@@ -175,10 +194,10 @@ def test_translated_kernel_matches_oracle_on_the_host(host_library, rule_name, d
 def test_vector_kernel_only_for_aligned_arrays(monkeypatch):
     aligned = aligned_empty(10, np.float32)
     shifted = aligned_empty(10, np.float32, offset_elements=1)
-    assert cupy_cuda.use_vector_kernel([aligned.ctypes.data] * 2, 4)
-    assert not cupy_cuda.use_vector_kernel([aligned.ctypes.data, shifted.ctypes.data], 4)
+    assert cupy_cuda.use_vector_kernel([aligned.ctypes.data] * 2)
+    assert not cupy_cuda.use_vector_kernel([aligned.ctypes.data, shifted.ctypes.data])
     monkeypatch.setattr(config, "CUDA_VECTOR_LOADS", False)
-    assert not cupy_cuda.use_vector_kernel([aligned.ctypes.data] * 2, 4)
+    assert not cupy_cuda.use_vector_kernel([aligned.ctypes.data] * 2)
 
 
 def test_launch_config_fills_the_gpu_then_strides():

@@ -430,3 +430,60 @@ def test_arena_optimizer_refuses_explicit_grads_and_lr_setter_respects_schedule(
     scheduled = fo.SGD(arena, lr=0.1, schedule=fo.schedules.constant(0.2))
     with pytest.raises(ValueError, match="schedule"):
         scheduled.lr = 0.3
+
+
+def test_a_failing_schedule_changes_nothing():
+    first, second = initial()[:2], initial()[2:]
+    opt = fo.SGD([{"params": first}, {"params": second,
+                                      "schedule": lambda t: float("nan")}], lr=0.1)
+    before = [p.copy() for p in first + second]
+    with pytest.raises(ValueError, match="schedule"):
+        opt.step(gradients(1)[0])
+    for b, p in zip(before, first + second, strict=True):
+        np.testing.assert_array_equal(b, p)
+    assert opt.step_count == 0
+    with pytest.raises(ValueError, match="schedule"):
+        opt.lr = 0.5
+    assert opt.groups[0].hyper["lr"] == 0.1  # the setter changed no group either
+
+
+def test_a_parameter_given_twice_is_refused():
+    p = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        fo.SGD([p, p], lr=0.1)
+    buffer = np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        fo.Adam([buffer[:6], buffer[4:]])
+    arena = fo.ParamArena(initial())
+    with pytest.raises(ValueError, match="share memory"):
+        fo.Adam([{"params": arena}, {"params": arena}])
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_ndarray_subclasses_are_updated_in_place():
+    matrix = np.asmatrix(np.ones((1, 3), np.float32))
+    opt = fo.SGD([matrix], lr=0.5)
+    opt.step([np.asmatrix(np.ones((1, 3), np.float32))])
+    np.testing.assert_array_equal(np.asarray(matrix), 0.5)
+
+
+def test_gpu_grad_aliasing_its_parameter_is_refused(host_cupy):
+    p = host_cupy.asarray(np.ones(8, np.float32))
+    opt = fo.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="shares memory with its parameter"):
+        opt.step([p])
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.update(groups=[5]),
+    lambda d: d["groups"][0].update(hyper=[1, 2]),
+    lambda d: d["groups"][0]["hyper"].update(lr="fast"),
+    lambda d: d["groups"][0].update(state=7),
+])
+def test_malformed_state_is_a_value_error(change):
+    source = fo.Adam(initial(), lr=0.01)
+    _train(source, None, gradients(1))
+    state = source.state_dict()
+    change(state)
+    with pytest.raises(ValueError):
+        fo.Adam(initial(), lr=0.01).load_state_dict(state)

@@ -42,6 +42,8 @@ _VEC = {np.dtype(np.float32): ("float4", 4, ("x", "y", "z", "w")),
         np.dtype(np.float64): ("double2", 2, ("x", "y"))}
 _FUNCS = {  # Python name -> (float32 CUDA name, float64 CUDA name)
     "sqrt": ("sqrtf", "sqrt"), "abs": ("fabsf", "fabs"), "fabs": ("fabsf", "fabs"),
+    # fmin/fmax return the other operand for a NaN where Python's min/max depend on the
+    # order: rules that may see NaN should not rely on min/max to propagate it.
     "min": ("fminf", "fmin"), "max": ("fmaxf", "fmax"), "exp": ("expf", "exp"),
     "log": ("logf", "log"),
 }
@@ -102,10 +104,8 @@ class _Translator:
         if not isinstance(value, (int, float)):
             self.fail(node, f"the constant {value!r}")
         value = float(value)
-        if math.isnan(value):
-            return "NAN"
-        if math.isinf(value):
-            return "INFINITY" if value > 0 else "-INFINITY"
+        if not math.isfinite(value):
+            self.fail(node, f"the non-finite constant {value!r}")
         text = repr(value)
         if "." not in text and "e" not in text:
             text += ".0"
@@ -139,10 +139,9 @@ class _Translator:
                 self.fail(node, f"the comparison {type(node.ops[0]).__name__}")
             return f"({self.expr(node.left)} {op} {self.expr(node.comparators[0])})"
         if isinstance(node, ast.BoolOp):
-            # Python's `and`/`or` return an operand; on numbers used as truth values
-            # (all the rules need) C's && and || agree.
-            joiner = " && " if isinstance(node.op, ast.And) else " || "
-            return "(" + joiner.join(self.truth(v) for v in node.values) + ")"
+            # Python's `and`/`or` return an operand, C's && and || return 0 or 1: they agree
+            # only as conditions, so that is the one place they are allowed (see truth()).
+            self.fail(node, "`and`/`or` used as a value (use it in a condition)")
         if isinstance(node, ast.IfExp):
             return (f"({self.truth(node.test)} ? {self.expr(node.body)} : "
                     f"{self.expr(node.orelse)})")
@@ -157,8 +156,12 @@ class _Translator:
         self.fail(node, f"a {type(node).__name__} expression")
 
     def truth(self, node) -> str:
+        """``node`` as a C condition."""
+        if isinstance(node, ast.BoolOp):
+            joiner = " && " if isinstance(node.op, ast.And) else " || "
+            return "(" + joiner.join(self.truth(v) for v in node.values) + ")"
         text = self.expr(node)
-        if isinstance(node, (ast.Compare, ast.BoolOp)) or (
+        if isinstance(node, ast.Compare) or (
                 isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
             return text
         return f"({text} != {self.literal(node, 0)})"
@@ -177,8 +180,8 @@ class _Translator:
                 value = self.expr(node.value)
                 if name in self.declared:
                     lines.append(f"{name} = {value};")
-                else:
-                    lines.append(f"const {self.ctype} {name} = {value};")
+                else:  # not const: a later statement may assign it again
+                    lines.append(f"{self.ctype} {name} = {value};")
                     self.declared.add(name)
             elif isinstance(node, ast.Return):
                 values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
@@ -285,7 +288,7 @@ def lanes(dtype) -> int:
     return _VEC[_dtype(dtype)][1]
 
 
-def use_vector_kernel(pointers, itemsize: int) -> bool:
+def use_vector_kernel(pointers) -> bool:
     """Whether every array starts on a 16-byte boundary (then 128-bit access is legal)."""
     return config.CUDA_VECTOR_LOADS and all(p % 16 == 0 for p in pointers)
 
@@ -333,7 +336,7 @@ def launch(rule: Rule, arrays: tuple, scalars: tuple) -> None:
         return
     dtype = first.dtype
     device_id = first.device.id
-    vector = use_vector_kernel([a.data.ptr for a in arrays], dtype.itemsize)
+    vector = use_vector_kernel([a.data.ptr for a in arrays])
     kernel = _kernel(rule.name, dtype.name, device_id, vector)
     blocks, threads = launch_config(n, vector, dtype, _multiprocessors(device_id))
     import cupy
@@ -355,9 +358,9 @@ def _sum_of_squares_kernel():
                                 "total = a", "0", "fusedopt_sum_of_squares")
 
 
-def sum_of_squares(array) -> float:
-    """``sum(x*x)`` in float64 on the device; reading the result synchronises with the host."""
+def sum_of_squares(array):
+    """``sum(x*x)`` in float64, as a 0-d device array: no host synchronisation until read."""
     import cupy
 
     with cupy.cuda.Device(array.device.id):
-        return float(_sum_of_squares_kernel()(array.reshape(-1)))
+        return _sum_of_squares_kernel()(array.reshape(-1))
