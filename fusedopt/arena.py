@@ -16,7 +16,7 @@ import numpy as np
 
 from fusedopt import _checks
 
-_ALIGN_BYTES = 64  # each tensor starts on a cache line (and a 16-byte CUDA vector boundary)
+ALIGN_BYTES = 64  # each tensor starts on a cache line (and a 16-byte CUDA vector boundary)
 
 
 def _module(kind: str):
@@ -27,14 +27,39 @@ def _module(kind: str):
     return np
 
 
+def _device_of(xp, sources):
+    """Allocate where the source arrays live (their GPU), or the current device."""
+    import contextlib
+
+    on_gpu = [s for s in sources if s is not None and xp is not np]
+    return xp.cuda.Device(on_gpu[0].device.id) if on_gpu else contextlib.nullcontext()
+
+
 def _aligned_zeros(xp, n: int, dtype: np.dtype):
-    """Zeros whose first element sits on an ``_ALIGN_BYTES`` boundary."""
+    """Zeros whose first element sits on an ``ALIGN_BYTES`` boundary."""
     if xp is not np:
         return xp.zeros(n, dtype)  # CuPy's allocator already aligns to 256 bytes
-    pad = _ALIGN_BYTES // dtype.itemsize
+    pad = ALIGN_BYTES // dtype.itemsize
     raw = np.zeros(n + pad, dtype)
-    start = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
+    start = (-raw.ctypes.data % ALIGN_BYTES) // dtype.itemsize
     return raw[start:start + n]
+
+
+def layout(shapes, dtypes) -> tuple[list[tuple[np.dtype, int, int]], dict[np.dtype, int]]:
+    """Where each tensor sits: ``(dtype, offset, size)`` per tensor, and elements per dtype.
+
+    Tensors of one dtype follow each other in order, each starting on an
+    ``ALIGN_BYTES`` boundary. The memory model of the planner uses the same layout.
+    """
+    places, totals = [], {}
+    for shape, dt in zip(shapes, dtypes, strict=True):
+        dt = np.dtype(dt)
+        size = int(np.prod(shape, dtype=np.int64))
+        step = ALIGN_BYTES // dt.itemsize
+        offset = -(-totals.get(dt, 0) // step) * step
+        places.append((dt, offset, size))
+        totals[dt] = offset + size
+    return places, totals
 
 
 def _is_shape(item) -> bool:
@@ -112,19 +137,13 @@ class ParamArena:
             if len(devices) > 1:
                 raise ValueError(f"ParamArena: the arrays are on GPUs {sorted(devices)}; an "
                                  "arena lives on one device")
-        # Lay each dtype's tensors out in order, each starting on an aligned offset.
         self.shapes = shapes
         self.dtypes = dtypes
-        self.layout: list[tuple[np.dtype, int, int]] = []  # (dtype, offset, size) per tensor
-        totals: dict[np.dtype, int] = {}
-        for shape, dt in zip(shapes, dtypes, strict=True):
-            size = int(np.prod(shape, dtype=np.int64))
-            step = _ALIGN_BYTES // dt.itemsize
-            offset = -(-totals.get(dt, 0) // step) * step
-            self.layout.append((dt, offset, size))
-            totals[dt] = offset + size
-        self.buffers = {dt: (_aligned_zeros(module, n, dt), _aligned_zeros(module, n, dt))
-                        for dt, n in totals.items()}
+        self.layout, totals = layout(shapes, dtypes)  # (dtype, offset, size) per tensor
+        device = _device_of(module, sources)
+        with device:
+            self.buffers = {dt: (_aligned_zeros(module, n, dt), _aligned_zeros(module, n, dt))
+                            for dt, n in totals.items()}
         self.params = self.views({dt: bufs[0] for dt, bufs in self.buffers.items()})
         self.grads = self.views({dt: bufs[1] for dt, bufs in self.buffers.items()})
         for view, source in zip(self.params, sources, strict=True):

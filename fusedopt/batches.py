@@ -68,8 +68,8 @@ def minibatches(X, Y, batch_size: int, *, sample_axis: int = 1, shuffle: bool = 
     if sample_axis not in (0, 1):
         raise ValueError(f"{f}: sample_axis={sample_axis!r}; use 1 for X: (n_x, m) (the "
                          "lecture's layout) or 0 for X: (m, n_x)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
-        raise ValueError(f"{f}: batch_size={batch_size!r}; it must be an int >= 1")
+    batch_size = _checks.count(f, "batch_size", batch_size, "samples per mini-batch",
+                               "a mini-batch holds at least one sample")
     kinds = {_checks.array_kind(X), _checks.array_kind(Y)}
     if kinds - {"numpy", "cupy"} or len(kinds) > 1:
         raise TypeError(f"{f}: X and Y must both be NumPy arrays or both CuPy arrays")
@@ -104,7 +104,3 @@ def _batches(X, Y, batch_size, sample_axis, y_axis, m, shuffle, rng, drop_last, 
             Y_t = xp.take(Y, index, axis=y_axis)
         yield X_t, Y_t
 
-
-def batch_count(m: int, batch_size: int, drop_last: bool = False) -> int:
-    """Mini-batches per epoch: ``ceil(m / batch_size)`` (``floor`` with ``drop_last``)."""
-    return m // batch_size if drop_last else -(-m // batch_size)

@@ -43,7 +43,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(float(x)) for x in text.split(",") if x]
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of sizes") from None
     if not values or min(values) < 1:
@@ -94,12 +94,12 @@ def memory_size(text: str) -> int:
     if not match or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size (e.g. 8GiB, 512MiB)")
     try:
-        value = float(match.group(1)) * _UNITS[unit]
-    except ValueError:
+        value = int(float(match.group(1)) * _UNITS[unit])
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the memory size must be positive")
-    return int(value)
+    if value < 1:
+        raise argparse.ArgumentTypeError("the memory size must be at least one byte")
+    return value
 
 
 def _layers(text: str) -> list[int]:
@@ -185,6 +185,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
 def _batch_size(text: str):
     return "plan" if text == "plan" else _positive_int(text)
 
@@ -234,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=_batch_size, default=64,
                    help="samples per mini-batch, or 'plan' for the planner's choice "
                         "(default: %(default)s)")
-    d.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    d.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate")
     d.add_argument("--hidden", type=_positive_int, default=64, help="hidden units")
     d.add_argument("--out", default="fusedopt-demo", help="folder for the plots")
     d.set_defaults(func=cmd_demo)
@@ -271,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "described by its sizes, by the lecture's rules, against "
                                    "the memory this process can use (container limits "
                                    "included) or --memory. Exit status 1 if nothing fits.")
-    p.add_argument("--m", type=int, required=True, help="training samples")
-    p.add_argument("--n-x", type=int, default=None, help="input features (default: the first "
-                                                         "of --layers)")
+    p.add_argument("--m", type=_positive_int, required=True, help="training samples")
+    p.add_argument("--n-x", type=_positive_int, default=None,
+                   help="input features (default: the first of --layers)")
     p.add_argument("--layers", type=_layers, required=True, help="MLP sizes, e.g. 784,256,10")
     p.add_argument("--optimizer", choices=optimizers, default="adam")
     p.add_argument("--memory", type=memory_size, default=None,
@@ -293,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes (default: 32,64,...,1024 and the full batch)")
     r.add_argument("--layers", type=_layers, default=None, help="MLP sizes (default 64,64,10)")
     r.add_argument("--optimizer", choices=optimizers, default="adam")
-    r.add_argument("--lr", type=float, default=1e-2)
-    r.add_argument("--seconds", type=float, default=2.0,
+    r.add_argument("--lr", type=_positive_float, default=1e-2)
+    r.add_argument("--seconds", type=_positive_float, default=2.0,
                    help="the most training time per batch size (default: %(default)s)")
     r.add_argument("--memory", type=memory_size, default=None,
                    help="skip sizes the planner predicts above this much memory")

@@ -22,7 +22,7 @@ from fusedopt import schedules
 from fusedopt.batches import minibatches
 from fusedopt.datasets import load_digits
 from fusedopt.mlp import MLP
-from fusedopt.optim import DEFAULT_LR, make_optimizer
+from fusedopt.optim import make_optimizer
 from fusedopt.planner import plan_batch_size
 
 DEMO_LR = {"sgd": 0.5, "momentum": 0.5, "rmsprop": 3e-3, "adam": 1e-2, "adamw": 1e-2}
@@ -73,10 +73,11 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     log(f"training: MLP {layers}, {optimizer}, mini-batches of {batch_size}, {epochs} epochs, "
         f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}")
     net = MLP(layers, xp=xp, seed=seed)
-    lr0 = lr if lr is not None else DEMO_LR.get(optimizer, DEFAULT_LR[optimizer])
+    lr0 = lr if lr is not None else DEMO_LR[optimizer]
     schedule = schedules.inverse_time(lr0, decay_rate=0.05)
     opt = make_optimizer(optimizer, net.arena, lr=lr0, schedule=schedule, backend=backend)
     costs, lrs = [], []
+    rng = np.random.default_rng(seed)  # one stream for the run: reproducible, new each epoch
     epochs_iter = range(1, epochs + 1)
     bar = None
     if progress:
@@ -85,7 +86,7 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
         bar = epochs_iter = tqdm(epochs_iter, desc="epochs", unit="epoch", file=sys.stderr)
     start = time.perf_counter()
     for _ in epochs_iter:
-        for X_t, Y_t in minibatches(X, Y, batch_size, seed=seed):
+        for X_t, Y_t in minibatches(X, Y, batch_size, seed=rng):
             lrs.append(opt.lr)
             costs.append(net.train_step(X_t, Y_t, opt))
         opt.next_epoch()
@@ -115,13 +116,13 @@ def plot(result: DemoResult, out: str, optimizer: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fusedopt.profile import _smoothed
+    from fusedopt.profile import smoothed
 
     os.makedirs(out, exist_ok=True)
     steps = np.arange(1, len(result.costs) + 1)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(steps, result.costs, lw=0.6, alpha=0.5, label="cost J{t} of each mini-batch")
-    ax.plot(steps, _smoothed(result.costs, 0.98), lw=1.6,
+    ax.plot(steps, smoothed(result.costs, 0.98), lw=1.6,
             label="exponentially weighted average (beta = 0.98, bias-corrected)")
     ax.set_yscale("log")
     ax.set_xlabel("mini-batch t")

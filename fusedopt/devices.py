@@ -68,8 +68,11 @@ def cpu_memory(meminfo_path: str = "/proc/meminfo",
         available = info.get("MemAvailable", info.get("MemFree", 0))
         result = MemoryInfo(total, available, meminfo_path)
     except (OSError, KeyError):
-        import psutil  # only where /proc is missing (not Linux)
-
+        try:  # where /proc is missing (not Linux), psutil if it is installed
+            import psutil
+        except ImportError:
+            raise RuntimeError(f"cannot read the CPU memory: no {meminfo_path} and no psutil "
+                               "(pip install psutil), or pass memory_limit=") from None
         vm = psutil.virtual_memory()
         result = MemoryInfo(vm.total, vm.available, "psutil")
     limit = cgroup_limit(cgroup_root)

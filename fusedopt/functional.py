@@ -103,6 +103,7 @@ def momentum_(param, grad, velocity, *, lr: float, beta: float = 0.9,
             ``0`` is torch.optim.SGD(momentum=beta) (with ``v`` starting at zero).
         nesterov: Nesterov's variant, :math:`\theta \leftarrow \theta - \alpha(g + \beta v)`.
         weight_decay: L2 coefficient added to the gradient.
+        grad_scale: the gradient is used as ``grad * grad_scale`` (see :func:`sgd_`).
         backend: ``None`` (by array type), ``"numba"``, ``"cupy"`` or ``"numpy"``.
     """
     f = "momentum_"
@@ -220,14 +221,16 @@ def debias(average, *, beta: float, step: int):
 
     .. math::  \hat V_t = V_t / (1 - \beta^t)
 
-    Returns a new array of the same type and dtype; ``average`` is not changed.
+    Returns a new array of the same type (a float32 or float64 array keeps its dtype;
+    integer arrays give float64); ``average`` is not changed.
     """
     f = "debias"
     beta = _checks.beta(f, "beta", beta)
     step = _checks.step(f, step)
     kind = _checks.array_kind(average)
     if kind not in ("numpy", "cupy"):
-        if kind == "other" and isinstance(average, (int, float, np.floating)):
+        if kind == "other" and isinstance(average, (int, float, np.floating)) \
+                and not isinstance(average, bool):
             return average / (1.0 - beta**step)
         raise TypeError(f"{f}: average must be a NumPy or CuPy array or a number, not "
                         f"{type(average).__name__}")

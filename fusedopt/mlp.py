@@ -8,9 +8,10 @@ is the mean cross-entropy. The weights ``W[l]: (n_l, n_{l-1})`` and biases
 optimizer updates the whole network in one launch; backward propagation writes
 the gradients straight into ``arena.grads``.
 
-Every buffer a step needs is allocated once per batch size (the activations
-``A[l]`` and one delta buffer per layer), so the memory model in
-:mod:`fusedopt.planner` can predict the peak exactly; NumPy or CuPy.
+Every buffer a step needs (the activations ``A[l]`` and one delta buffer per
+layer) is allocated when the batch size changes and reused while it stays the
+same (a smaller last mini-batch reallocates them), so the memory model in
+:mod:`fusedopt.planner` can predict the peak; NumPy or CuPy.
 
 A training loop, the lecture's mini-batch gradient descent::
 
@@ -24,12 +25,12 @@ A training loop, the lecture's mini-batch gradient descent::
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 from fusedopt.arena import ParamArena
+from fusedopt.planner import mlp_shapes
 
 _TINY = 1e-12  # keeps log() finite for a probability that underflowed to zero
 
@@ -51,10 +52,7 @@ class MLP:
             raise ValueError(f"MLP: layer_sizes={list(layer_sizes)!r}; give at least the input "
                              "and output sizes, all >= 1 (e.g. [64, 32, 10])")
         self.layer_sizes = sizes
-        shapes = []
-        for n_in, n_out in itertools.pairwise(sizes):
-            shapes += [(n_out, n_in), (n_out, 1)]
-        self.arena = ParamArena(shapes, dtype=dtype, xp=xp)
+        self.arena = ParamArena(mlp_shapes(sizes), dtype=dtype, xp=xp)
         self.xp = np if xp == "numpy" else __import__("cupy")
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)

@@ -47,8 +47,9 @@ _FORMAT, _VERSION = "fusedopt.optimizer", 1
 _GROUP_KEYS = {"params", "schedule"}
 
 
-def _to_host(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a NumPy or CuPy array."""
+    return a.get() if _checks.array_kind(a) == "cupy" else np.array(a)
 
 
 class _Group:
@@ -325,10 +326,10 @@ class Optimizer:
             entry = {"hyper": dict(group.hyper),
                      "shapes": [list(t.shape) for t in group.tensors],
                      "dtypes": [t.dtype.name for t in group.tensors],
-                     "params": [_to_host(t) for t in group.tensors], "state": {}}
+                     "params": [to_host(t) for t in group.tensors], "state": {}}
             if group.state is not None:
                 for k, state_name in enumerate(self.state_names):
-                    entry["state"][state_name] = [_to_host(v) for v in group.state_views(k)]
+                    entry["state"][state_name] = [to_host(v) for v in group.state_views(k)]
             groups.append(entry)
         return {"format": _FORMAT, "version": _VERSION, "optimizer": type(self).__name__,
                 "step": self.step_count, "epoch": self.epoch,

@@ -25,9 +25,9 @@ from numbers import Integral
 import numpy as np
 
 from fusedopt import _checks, config, devices
+from fusedopt.arena import ALIGN_BYTES, layout
 
 STATE_SLOTS = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
-_ARENA_ALIGN = 64
 
 
 # ------------------------------------------------------------------ the memory model
@@ -52,12 +52,9 @@ def mlp_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
-    """Elements of a :class:`ParamArena` buffer: each tensor starts on a 64-byte boundary."""
-    step = _ARENA_ALIGN // np.dtype(dtype).itemsize
-    total = 0
-    for shape in shapes:
-        total = -(-total // step) * step + int(np.prod(shape, dtype=np.int64))
-    return total
+    """Elements of a :class:`ParamArena` buffer (the arena's own layout, alignment included)."""
+    _, totals = layout(shapes, [dtype] * len(shapes))
+    return sum(totals.values())
 
 
 def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
@@ -68,7 +65,7 @@ def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
     itemsize = np.dtype(dtype).itemsize
     n = arena_buffer_elements(shapes, dtype)
     # On the CPU the arena over-allocates one alignment pad per buffer.
-    buffer = n * itemsize + (0 if gpu else _ARENA_ALIGN)
+    buffer = n * itemsize + (0 if gpu else ALIGN_BYTES)
     return {"parameters": buffer, "gradients": buffer,
             f"optimizer state ({STATE_SLOTS[optimizer]} slots)":
                 STATE_SLOTS[optimizer] * n * itemsize}
@@ -126,7 +123,15 @@ class BatchPlan:
     device: str = "cpu"
     margin_fraction: float = 0.0
     m: int = 0
+    usable_bytes: int = 0  # what a step may use: available less the margin (and GPU overhead)
     candidates: dict[int, int] = field(default_factory=dict)  # batch size -> peak bytes
+
+    def peak_bytes_at(self, batch_size: int) -> int | None:
+        """The model's peak for another batch size (None if the plan has no model)."""
+        peak = getattr(self, "_peak", None)
+        if peak is None:
+            return self.candidates.get(batch_size)
+        return sum(peak(batch_size).values())
 
     def table(self) -> str:
         """The plan and its breakdown as plain text."""
@@ -157,7 +162,7 @@ def available_memory(device: str) -> int:
         return devices.cpu_memory().available_bytes
     import cupy
 
-    free, _ = cupy.cuda.Device().mem_info
+    free, _ = cupy.cuda.Device().mem_info  # the current device (see plan_batch_size)
     return int(free + cupy.get_default_memory_pool().free_bytes())
 
 
@@ -201,6 +206,11 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
     y_shape, y_dtype, _ = _shape_dtype("Y", Y)
     if sample_axis not in (0, 1) or len(x_shape) != 2:
         raise ValueError(f"{f}: X must be 2-D with sample_axis 0 or 1; got {x_shape}")
+    if len(y_shape) not in (1, 2):
+        raise ValueError(f"{f}: Y must be 1-D or 2-D; got {y_shape}")
+    if backend not in (None, "numpy", "numba", "cupy"):
+        raise ValueError(f"{f}: backend={backend!r}; choose 'cupy' (plan for the GPU), "
+                         "'numba' or 'numpy' (the CPU), or None (where X lives)")
     m = x_shape[sample_axis]
     n_x = x_shape[1 - sample_axis]
     n_y = 1 if len(y_shape) == 1 else y_shape[1 - sample_axis]
@@ -214,6 +224,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                          "(with param_shapes), one of the two")
     if layer_sizes is not None:
         layer_sizes = [int(n) for n in layer_sizes]
+        if len(layer_sizes) < 2 or min(layer_sizes) < 1:
+            raise ValueError(f"{f}: layer_sizes={layer_sizes}; give at least [n_x, n_y], all >= 1")
         if layer_sizes[0] != n_x or layer_sizes[-1] != n_y:
             raise ValueError(f"{f}: layer_sizes {layer_sizes} must start with n_x={n_x} and "
                              f"end with n_y={n_y}")
@@ -221,6 +233,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
     else:
         if param_shapes is None:
             raise ValueError(f"{f}: with activation_bytes_per_sample, pass param_shapes")
+        _checks.real(f, "activation_bytes_per_sample", activation_bytes_per_sample, 0.0)
         shapes = param_shapes
     if optimizer not in STATE_SLOTS:
         raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
@@ -228,6 +241,11 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
     device = "gpu" if gpu else "cpu"
     if memory_limit is not None:
         available = int(_checks.real(f, "memory_limit", memory_limit, 0.0, lo_open=True))
+    elif gpu and x_kind == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(X.device.id):  # the GPU the data is on
+            available = available_memory(device)
     else:
         available = available_memory(device)
     margin = config.PLANNER_MARGIN_FRACTION
@@ -286,8 +304,10 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
     chosen = total(batch)
     # Can the whole data set stay on the device next to a step at the chosen size?
     data_fits = resident_already or (max_fit >= batch and dataset + chosen <= usable)
-    return BatchPlan(batch_size=batch, fits=max_fit >= batch, peak_bytes=chosen,
+    plan = BatchPlan(batch_size=batch, fits=max_fit >= batch, peak_bytes=chosen,
                      available_bytes=available, breakdown=breakdown,
                      max_fitting_batch_size=max_fit, data_fits_on_device=bool(data_fits),
                      reason=reason, device=device, margin_fraction=margin, m=m,
-                     candidates=candidates)
+                     usable_bytes=usable, candidates=candidates)
+    plan._peak = peak  # the memory model, for peak_bytes_at (not a field: not serialised)
+    return plan

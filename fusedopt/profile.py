@@ -17,6 +17,7 @@ buying fewer steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,13 +25,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 
 import numpy as np
 
-from fusedopt import planner
+from fusedopt import _checks, planner
 from fusedopt.batches import minibatches
 from fusedopt.mlp import MLP
-from fusedopt.optim import make_optimizer
+from fusedopt.optim import make_optimizer, to_host
 
 
 class MLPTrainer:
@@ -57,8 +59,7 @@ class MLPTrainer:
         """The mini-batch gradient (a float64 host copy), without an update."""
         self.net.loss_and_grad(X_t, Y_t)
         (_, grad), = self.net.arena.buffers.values()
-        grad = grad.get() if hasattr(grad, "get") and not isinstance(grad, np.ndarray) else grad
-        return np.array(grad, dtype=np.float64)
+        return to_host(grad).astype(np.float64)
 
 
 @dataclass
@@ -168,7 +169,20 @@ class Profile:
         return paths
 
 
-def _smoothed(values: Sequence[float], beta: float = 0.9) -> list[float]:
+def finite_json(value):
+    """``value`` with NaN and infinities as None (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def smoothed(values: Sequence[float], beta: float = 0.9) -> list[float]:
     """The lecture's exponentially weighted average with bias correction (fused ``ewa_``)."""
     from fusedopt.functional import debias, ewa_
 
@@ -203,9 +217,10 @@ def gradient_noise_scale(trainer, X, Y, *, small: int = 32, big: int = 512,
     big = min(big, m)
     small = min(small, big // 2)
     norms = {}
+    rng = np.random.default_rng(seed)
     for size in (small, big):
         values = []
-        for k, (X_t, Y_t) in enumerate(minibatches(X, Y, size, seed=seed, drop_last=True)):
+        for k, (X_t, Y_t) in enumerate(minibatches(X, Y, size, seed=rng, drop_last=True)):
             if k >= batches:
                 break
             g = trainer.gradient(X_t, Y_t)
@@ -247,20 +262,27 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
         optimizer, lr: for the MLP trainer.
         seconds: the most training time per batch size.
         backend: ``"cupy"`` to plan for the GPU (the arrays decide where training runs).
-        memory_limit: bytes; sizes the planner predicts above it are not run.
+        memory_limit: bytes to plan for; sizes whose predicted peak exceeds what the plan
+            may use of it (the limit less the planner's margin) are not run.
         progress: show a progress bar (tqdm) on stderr.
         noise_scale: estimate the gradient noise scale.
         target_fraction: the cost target, as a fraction of the starting cost.
         out_dir: if given, write ``profile.json`` and the PNG plots there.
     """
+    f = "profile_batch_sizes"
+    _checks.real(f, "seconds", seconds, 0.0, lo_open=True)
+    _checks.real(f, "target_fraction", target_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     m = X.shape[1]
     n_x, n_y = X.shape[0], Y.shape[0]
-    xp = "cupy" if type(X).__module__.startswith("cupy") else "numpy"
+    xp = "cupy" if _checks.array_kind(X) == "cupy" else "numpy"
     if sizes is None:
-        sizes = sorted({b for b in (32, 64, 128, 256, 512, 1024) if b < m} | {m})
-    sizes = sorted({int(b) for b in sizes}, reverse=True)  # largest first: on OOM, go smaller
-    if not sizes or sizes[-1] < 1:
-        raise ValueError("profile_batch_sizes: sizes must be positive integers")
+        sizes = {b for b in (32, 64, 128, 256, 512, 1024) if b < m} | {m}
+    if any(isinstance(b, bool) or not isinstance(b, Integral) or b < 1 for b in sizes) \
+            or not sizes:
+        raise ValueError(f"{f}: sizes must be positive integers, e.g. [64, 128, 256]")
+    # Largest first, so that after an out-of-memory the sweep goes on with smaller sizes; a
+    # size above m is the full batch.
+    sizes = sorted({min(int(b), m) for b in sizes}, reverse=True)
     plan = None
     if trainer_factory is None:
         layer_sizes = list(layer_sizes) if layer_sizes else [n_x, 64, n_y]
@@ -278,39 +300,32 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
     warm.cost(X_eval, Y_eval)
     del warm
     probes: list[Probe] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with contextlib.ExitStack() as stack:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(sizes), desc="batch sizes", unit="size", file=sys.stderr)
-    out_of_memory_at = None
-    for b in sizes:
-        planned = plan.candidates.get(b) if plan is not None else None
-        if plan is not None and planned is None:
-            planned = sum(planner.step_peak_bytes(
-                n_x=n_x, n_y=n_y, m=m, batch_size=b, shapes=planner.mlp_shapes(layer_sizes),
-                layer_sizes=layer_sizes, optimizer=optimizer, gpu=backend == "cupy").values())
-        if memory_limit is not None and planned is not None and planned > memory_limit:
-            probes.append(Probe(b, "predicted not to fit", planned_peak_bytes=planned,
-                                error=f"needs {planned} bytes > memory_limit {memory_limit}"))
-        elif out_of_memory_at is not None and b > out_of_memory_at:
-            probes.append(Probe(b, "out of memory", error=f"larger than {out_of_memory_at}"))
-        else:
-            try:
-                probes.append(_probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed,
-                                     planned, target_fraction))
-            except _oom_errors() as exc:
-                out_of_memory_at = b if out_of_memory_at is None else min(out_of_memory_at, b)
-                probes.append(Probe(b, "out of memory", planned_peak_bytes=planned,
-                                    error=f"{type(exc).__name__}: {exc}"[:200]))
-        if bar is not None:
-            last = probes[-1]
-            bar.set_postfix_str(f"b={b}: {last.status}"
-                                + (f", {last.samples_per_s:.0f} samples/s"
-                                   if last.status == "ok" else ""))
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar = stack.enter_context(tqdm(total=len(sizes), desc="batch sizes", unit="size",
+                                           file=sys.stderr))
+        for b in sizes:
+            planned = plan.peak_bytes_at(b) if plan is not None else None
+            if memory_limit is not None and planned is not None and planned > plan.usable_bytes:
+                probes.append(Probe(b, "predicted not to fit", planned_peak_bytes=planned,
+                                    error=f"needs {planned} bytes; {plan.usable_bytes} usable "
+                                          f"of memory_limit {memory_limit}"))
+            else:
+                try:
+                    probes.append(_probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds,
+                                         seed, planned, target_fraction))
+                except _oom_errors() as exc:
+                    probes.append(Probe(b, "out of memory", planned_peak_bytes=planned,
+                                        error=f"{type(exc).__name__}: {exc}"[:200]))
+            if bar is not None:
+                last = probes[-1]
+                bar.set_postfix_str(f"b={b}: {last.status}"
+                                    + (f", {last.samples_per_s:.0f} samples/s"
+                                       if last.status == "ok" else ""))
+                bar.update(1)
     probes.sort(key=lambda p: p.batch_size)
     ok = [p for p in probes if p.status == "ok"]
     recommended = min(ok, key=_rank).batch_size if ok else None
@@ -318,13 +333,13 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
     noise = None
     if noise_scale and ok:
         trainer = trainer_factory()
-        if hasattr(trainer, "gradient"):
+        if hasattr(trainer, "gradient") and m >= 4:  # two batch sizes need a few samples
             noise = gradient_noise_scale(trainer, X, Y, seed=seed)
     profile = Profile(probes, recommended, plan, comparison, noise, m, target_fraction)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "profile.json"), "w") as f:
-            json.dump(profile.to_json(), f, indent=2, default=float)
+            json.dump(finite_json(profile.to_json()), f, indent=2)
         profile.plot(out_dir)
     return profile
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral
 
 from fusedopt import _checks
 
@@ -89,8 +88,8 @@ class staircase:
     def __post_init__(self):
         _checks.real("staircase", "lr0", self.lr0, 0.0)
         _checks.real("staircase", "factor", self.factor, 0.0, 1.0)
-        if isinstance(self.every, bool) or not isinstance(self.every, Integral) or self.every < 1:
-            raise ValueError(f"staircase: every={self.every!r} must be an int >= 1")
+        _checks.count("staircase", "every", self.every, "epochs or steps per stair",
+                      "a stair lasts at least one")
 
     def __call__(self, t: int) -> float:
         return self.lr0 * self.factor ** ((_count("staircase", t) - 1) // self.every)

@@ -86,7 +86,7 @@ def test_one_dimensional_labels():
 
 @pytest.mark.parametrize("kwargs, error, word", [
     (dict(batch_size=0), ValueError, "batch_size"),
-    (dict(batch_size=2.5), ValueError, "batch_size"),
+    (dict(batch_size=2.5), TypeError, "batch_size"),
     (dict(batch_size=2, sample_axis=2), ValueError, "sample_axis"),
     (dict(batch_size=2, seed="x"), TypeError, "seed"),
 ])

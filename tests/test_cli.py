@@ -106,6 +106,10 @@ def test_plan_json():
     (("plan", "--m", "10", "--layers", "4,2", "--memory", "8XB"), "--memory"),
     (("plan", "--m", "10", "--layers", "4,2", "--n-x", "5"), "--n-x"),
     (("profile", "--sizes", "0"), "--sizes"),
+    (("plan", "--m", "0", "--layers", "4,2"), "--m"),
+    (("plan", "--m", "10", "--layers", "4,2", "--memory", "1e400"), "--memory"),
+    (("plan", "--m", "10", "--layers", "4,2", "--memory", "0.5"), "--memory"),
+    (("profile", "--seconds", "0"), "--seconds"),
 ])
 def test_plan_and_profile_bad_flags_exit_2(args, word):
     out = fusedopt(*args)

@@ -168,3 +168,23 @@ def test_mlp_minibatches_and_profile_on_the_cupy_path(host_cupy):
                                   noise_scale=False)
     assert profile.plan.device == "gpu"
     assert {p.status for p in profile.probes} == {"ok"}
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(seconds=0), "seconds"), (dict(target_fraction=1.0), "target_fraction"),
+    (dict(sizes=[0, 64]), "sizes"), (dict(sizes=[]), "sizes"),
+])
+def test_profile_bad_input(kwargs, word):
+    X, Y = synthetic(m=128)
+    with pytest.raises(ValueError, match=word):
+        profile_batch_sizes(X, Y, progress=False, **kwargs)
+
+
+def test_profile_with_a_tiny_training_set_and_sizes_above_m(tmp_path):
+    X, Y = synthetic(m=3)
+    profile = profile_batch_sizes(X, Y, sizes=[1, 8], seconds=0.02, progress=False,
+                                  out_dir=str(tmp_path))
+    assert [p.batch_size for p in profile.probes] == [1, 3]  # 8 > m is the full batch
+    assert profile.noise_scale is None  # too few samples for two batch sizes
+    json.loads((tmp_path / "profile.json").read_text())  # valid JSON (no NaN)
+    assert "NaN" not in (tmp_path / "profile.json").read_text()

@@ -208,3 +208,17 @@ def test_gpu_probe_adds_what_the_cupy_pool_holds_free(monkeypatch):
     p = fo.plan_batch_size(((20, 3000), np.float32), ((2, 3000), np.float32),
                            layer_sizes=[20, 8, 2], backend="cupy")
     assert p.available_bytes == 4 * 2**30 and p.device == "gpu"
+
+
+@pytest.mark.parametrize("kwargs, error, word", [
+    (dict(layer_sizes=[]), ValueError, "layer_sizes"),
+    (dict(layer_sizes=[20, 2], backend="cuda"), ValueError, "backend"),
+    (dict(activation_bytes_per_sample=-5, param_shapes=[(3,)]), ValueError,
+     "activation_bytes_per_sample"),
+])
+def test_plan_more_bad_input(kwargs, error, word):
+    with pytest.raises(error, match=word):
+        fo.plan_batch_size(((20, 100), np.float32), ((2, 100), np.float32), **kwargs)
+    with pytest.raises(ValueError, match="Y must be 1-D or 2-D"):
+        fo.plan_batch_size(((20, 100), np.float32), ((2, 100, 1), np.float32),
+                           layer_sizes=[20, 2])

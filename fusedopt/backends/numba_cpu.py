@@ -140,8 +140,9 @@ def _source_key(source: str) -> str:
 def _write_module(source: str) -> str | None:
     """Write the generated module atomically; return its path, or None if nowhere is writable."""
     name = f"fusedopt_numba_drivers_{_source_key(source)}.py"
+    user = getattr(os, "getuid", lambda: "user")()  # no getuid on Windows
     for directory in (os.path.join(config.CACHE_DIR, "numba"),
-                      os.path.join(tempfile.gettempdir(), f"fusedopt-{os.getuid()}", "numba")):
+                      os.path.join(tempfile.gettempdir(), f"fusedopt-{user}", "numba")):
         path = os.path.join(directory, name)
         try:
             if os.path.exists(path):
@@ -150,12 +151,16 @@ def _write_module(source: str) -> str | None:
                         return path
             os.makedirs(directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        except OSError:
+            continue
+        try:
             with os.fdopen(fd, "w") as f:
                 f.write(source)
             os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
             return path
         except OSError:
-            continue
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return None
 
 
