@@ -21,3 +21,11 @@ def test_numba_is_imported_only_when_needed():
     code = "import sys, fusedopt\nprint('numba' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_backend_modules_are_reachable_as_attributes_without_importing_cupy():
+    code = ("import sys, fusedopt as fo\n"
+            "src = fo.backends.cupy_cuda.cuda_source('adam', 'float32')\n"
+            "print('extern \"C\" __global__' in src, 'cupy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

@@ -52,4 +52,11 @@ def available() -> list[str]:
     return [name for name, (ok, _) in status().items() if ok]
 
 
+def __getattr__(name: str) -> ModuleType:
+    """``fo.backends.cupy_cuda`` (and the others) import on first use (PEP 562)."""
+    if name in _MODULES.values():
+        return importlib.import_module(f"fusedopt.backends.{name}")
+    raise AttributeError(f"module 'fusedopt.backends' has no attribute {name!r}")
+
+
 __all__ = ["NAMES", "available", "get", "status"]
