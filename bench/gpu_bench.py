@@ -9,9 +9,11 @@ after warm-up (medians):
 ``fusedopt_scalar``   the same rule with one-element loads (``CUDA_VECTOR_LOADS`` off)
 ``cupy_unfused``      the same update as CuPy whole-array expressions (the reference)
 ``copy``              ``cudaMemcpyAsync`` of the same number of bytes: the bandwidth ceiling
-``torch_fused``       ``torch.optim.Adam(fused=True)`` / ``SGD(fused=True)`` on the same size
+``torch_fused``       the rule's torch.optim equivalent with ``fused=True`` (where torch has one)
 
 and reports GB/s, the fraction of copy bandwidth reached and the ratio to torch.
+Every rule of the registry is timed; its call, its starting state and its torch
+equivalent come from its registry entry (through ``fusedopt.bench``).
 Writes ``gpu_bench.json`` into OUT_DIR and prints a table last.
 """
 
@@ -25,10 +27,12 @@ import sys
 
 import numpy as np
 
-RULES_TIMED = ("adam", "momentum", "rmsprop", "sgd", "ewa")
-TORCH = {"adam": ("Adam", dict(lr=1e-3, fused=True)),
-         "momentum": ("SGD", dict(lr=1e-3, momentum=0.9, dampening=0.0, fused=True)),
-         "sgd": ("SGD", dict(lr=1e-3, fused=True))}
+
+def rules_timed() -> tuple[str, ...]:
+    """Every registered rule."""
+    from fusedopt.kernels import RULES
+
+    return tuple(RULES)
 
 
 def time_cupy(cupy, fn, repeats: int, warmup: int = 3) -> list[float]:
@@ -69,34 +73,24 @@ def copy_times(cupy, nbytes: int, repeats: int) -> list[float]:
 
 
 def call(fo, rule: str, arrays, backend: str | None):
-    step = [0]
+    """One fused update of ``arrays`` by ``rule``, as ``fusedopt bench`` makes it."""
+    from fusedopt import bench
+    from fusedopt.kernels import RULES
 
-    def run():
-        step[0] += 1
-        if rule == "adam":
-            fo.adam_(*arrays, step=step[0], lr=1e-3, backend=backend)
-        elif rule == "momentum":
-            fo.momentum_(*arrays, lr=1e-3, beta=0.9, dampening=0.0, backend=backend)
-        elif rule == "rmsprop":
-            fo.rmsprop_(*arrays, lr=1e-3, beta=0.99, backend=backend)
-        elif rule == "sgd":
-            fo.sgd_(*arrays, lr=1e-3, backend=backend)
-        else:
-            fo.ewa_(*arrays, beta=0.9, backend=backend)
-
-    return run
+    return bench.rule_call(fo.functional.FUNCTIONS[rule + "_"], RULES[rule], arrays, backend)
 
 
 def bench_rule(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
-    from fusedopt import config
-    from fusedopt.kernels.rules import RULES
+    from fusedopt import bench, config
+    from fusedopt.kernels import RULES
 
     spec = RULES[rule]
     nbytes = spec.bytes_per_element_factor * n * 4
     rng = cupy.random.default_rng(0)
     arrays = [rng.standard_normal(n, dtype=cupy.float32) for _ in spec.arrays]
-    if rule in ("adam", "rmsprop"):
-        cupy.abs(arrays[-1], out=arrays[-1])
+    for name in spec.nonnegative:  # second moments are never negative
+        k = spec.arrays.index(name)
+        cupy.abs(arrays[k], out=arrays[k])
     rows = []
 
     def record(impl, times):
@@ -115,12 +109,18 @@ def bench_rule(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
     del arrays
     record("copy", copy_times(cupy, nbytes, repeats))
     cupy.get_default_memory_pool().free_all_blocks()
-    if torch is not None and rule in TORCH:
-        cls, kwargs = TORCH[rule]
+    equivalent = bench.torch_equivalent(spec) if spec.is_optimizer_rule else None
+    if torch is not None and equivalent is not None:
+        cls, kwargs = equivalent
         p = torch.nn.Parameter(torch.randn(n, device="cuda"))
         p.grad = torch.randn(n, device="cuda")
-        opt = getattr(torch.optim, cls)([p], **kwargs)
-        record("torch_fused", time_torch(torch, opt.step, repeats))
+        try:
+            opt = getattr(torch.optim, cls)([p], **kwargs, fused=True)
+            opt.step()
+        except (TypeError, RuntimeError):  # no fused variant (NAdam, RMSprop)
+            opt = None
+        if opt is not None:
+            record("torch_fused", time_torch(torch, opt.step, repeats))
         del p, opt
         torch.cuda.empty_cache()
     by_impl = {r["impl"]: r for r in rows}
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     parser.add_argument("--sizes", default="20,24,28", help="powers of two")
-    parser.add_argument("--rules", default=",".join(RULES_TIMED))
+    parser.add_argument("--rules", default=None, help="comma-separated (default: every rule)")
     parser.add_argument("--repeats", type=int, default=25)
     args = parser.parse_args(argv)
     import cupy
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     device = cupy.cuda.runtime.getDeviceProperties(0)
     name = device["name"].decode() if isinstance(device["name"], bytes) else device["name"]
     rows = []
-    for rule in args.rules.split(","):
+    for rule in (args.rules.split(",") if args.rules else rules_timed()):
         for exponent in (int(e) for e in args.sizes.split(",")):
             rows.extend(bench_rule(cupy, torch, fo, rule, 1 << exponent, args.repeats))
             print(f"{rule} 2^{exponent} done", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ import timeit
 import numpy as np
 
 from fusedopt.backends import numba_cpu
-from fusedopt.kernels.rules import RULES
+from fusedopt.kernels import RULES
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import numpy as np
 from _common import save, start
 
 import fusedopt as fo
-from fusedopt.datasets import load_digits
-from fusedopt.profile import MLPTrainer
+from fusedopt.train.datasets import load_digits
+from fusedopt.train.profile import MLPTrainer
 
 
 def run(X, Y, batch_size: int, seconds: float, lr: float = 0.1):

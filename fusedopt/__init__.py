@@ -7,19 +7,48 @@
 >>> param.round(4).tolist()
 [0.9, 0.9, 0.9]
 
+Every update rule, its functional form (``fo.adam_``) and its optimizer class
+(``fo.Adam``) come from one registry entry (:mod:`fusedopt.kernels`).
 Nothing heavy is imported here: not CuPy, not torch, and Numba only when the
 first update runs on the CPU.
 """
 
-from fusedopt import backends, schedules
+from fusedopt import backends, kernels, schedules
 from fusedopt._version import __version__
 from fusedopt.arena import ParamArena
-from fusedopt.batches import minibatches
-from fusedopt.functional import adam_, adamw_, debias, ewa_, momentum_, rmsprop_, sgd_
-from fusedopt.mlp import MLP, one_hot
-from fusedopt.optim import SGD, Adam, AdamW, Momentum, Optimizer, RMSprop, load, save
-from fusedopt.planner import BatchPlan, plan_batch_size
-from fusedopt.profile import profile_batch_sizes
+from fusedopt.functional import (
+    adam_,
+    adamw_,
+    amsgrad_,
+    debias,
+    ewa_,
+    lion_,
+    momentum_,
+    nadam_,
+    rmsprop_,
+    sgd_,
+)
+from fusedopt.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    Lion,
+    Momentum,
+    NAdam,
+    Optimizer,
+    RMSprop,
+    load,
+    make_optimizer,
+    save,
+)
+from fusedopt.train import (
+    MLP,
+    BatchPlan,
+    minibatches,
+    one_hot,
+    plan_batch_size,
+    profile_batch_sizes,
+)
 
 __all__ = [
     "MLP",
@@ -27,19 +56,26 @@ __all__ = [
     "Adam",
     "AdamW",
     "BatchPlan",
+    "Lion",
     "Momentum",
+    "NAdam",
     "Optimizer",
     "ParamArena",
     "RMSprop",
     "__version__",
     "adam_",
     "adamw_",
+    "amsgrad_",
     "backends",
     "debias",
     "ewa_",
+    "kernels",
+    "lion_",
     "load",
+    "make_optimizer",
     "minibatches",
     "momentum_",
+    "nadam_",
     "one_hot",
     "plan_batch_size",
     "profile_batch_sizes",
@@ -48,3 +84,16 @@ __all__ = [
     "schedules",
     "sgd_",
 ]
+
+
+def __getattr__(name: str):
+    """Update functions and optimizer classes of rules registered after ``import fusedopt``
+    (a user's own :func:`fusedopt.kernels.registry.register`), generated on first use."""
+    from fusedopt import functional, optim
+
+    try:
+        if name.endswith("_") and not name.startswith("_"):
+            return functional.function(name)
+        return optim.class_named(name)
+    except AttributeError:
+        raise AttributeError(f"module 'fusedopt' has no attribute {name!r}") from None

@@ -14,34 +14,18 @@ from numbers import Integral, Real
 import numpy as np
 
 from fusedopt import backends
+from fusedopt.backends.base import overlap_error
+from fusedopt.backends.dispatch import array_kind, as_base_array, backend_for, from_dlpack
+from fusedopt.kernels import dtypes
+from fusedopt.kernels.dtypes import DtypeError
+from fusedopt.kernels.registry import Hyper
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = dtypes.PARAM_DTYPES
 _NDARRAY = np.ndarray
 
-
-def array_kind(x) -> str:
-    """``"numpy"``, ``"cupy"``, ``"dlpack"`` (another library's tensor) or ``"other"``.
-
-    Decided from the type alone: CuPy is never imported to find out.
-    """
-    t = type(x)
-    if t is _NDARRAY:
-        return "numpy"
-    if t.__module__.split(".")[0] == "cupy" and hasattr(x, "flags"):  # not cupyx.sparse
-        return "cupy"
-    if isinstance(x, _NDARRAY):
-        return "numpy"
-    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
-        return "dlpack"
-    return "other"
-
-
-def as_base_array(x):
-    """A plain ``np.ndarray`` view of an ndarray subclass (``np.matrix`` flattens to 2-D, and
-    a subclass's own methods must not run inside the kernels); anything else unchanged."""
-    if isinstance(x, _NDARRAY) and type(x) is not _NDARRAY:
-        return x.view(_NDARRAY)
-    return x
+__all__ = ["FLOAT_DTYPES", "array_kind", "arrays", "as_base_array", "backend_for", "beta",
+           "count", "flag", "from_dlpack", "hyperparameters", "no_overlap_among",
+           "overlap_error", "ranges_overlap", "real", "step"]
 
 
 def ranges_overlap(a, b) -> bool:
@@ -69,30 +53,6 @@ def no_overlap_among(fname: str, what: str, arrays: list) -> None:
                              "array given twice?); each parameter must have its own memory")
 
 
-def from_dlpack(fname: str, name: str, x):
-    """A zero-copy NumPy or CuPy view of another library's tensor (e.g. torch), via DLPack."""
-    device_type = x.__dlpack_device__()[0]
-    try:
-        if device_type == 1:  # kDLCPU
-            return np.from_dlpack(x)
-        if device_type in (2, 3, 13):  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-            try:
-                import cupy
-            except ImportError as exc:
-                raise TypeError(
-                    f"{fname}: {name} is a CUDA tensor, and CUDA arrays need CuPy: "
-                    "pip install 'fusedopt[cuda13]' (or [cuda12])"
-                ) from exc
-            return cupy.from_dlpack(x)
-    except (BufferError, RuntimeError, ValueError) as exc:
-        raise TypeError(
-            f"{fname}: {name} ({type(x).__name__}) cannot be shared through DLPack: {exc}. "
-            "For a torch parameter pass param.detach() (it shares memory)"
-        ) from exc
-    raise TypeError(f"{fname}: {name} lives on DLPack device type {device_type}, "
-                    "which fusedopt does not run on (CPU and CUDA only)")
-
-
 def _converted(fname, names, values, kinds):
     for name, value, kind in zip(names, values, kinds, strict=True):
         if kind == "other":
@@ -105,18 +65,18 @@ def _converted(fname, names, values, kinds):
 
 
 def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str, ...],
-           backend: str | None):
-    """Check the arrays of one call; return ``(backend_module, arrays)``.
+           backend: str | None) -> tuple:
+    """Check the arrays of one call; return ``(backend_module, arrays, signature)``.
 
-    All arrays: NumPy or CuPy (or DLPack tensors, viewed without a copy), one
-    float dtype, one shape, C-contiguous, on one device, no two overlapping,
-    written ones writeable.
+    All arrays: NumPy or CuPy (or DLPack tensors, viewed without a copy), dtypes
+    that :func:`fusedopt.kernels.dtypes.signature` allows, one shape,
+    C-contiguous, on one device, no two overlapping, written ones writeable.
     """
     if all(type(v) is _NDARRAY for v in values) and _plain_numpy_ok(values, names, writes):
         backend = backend_for(fname, "numpy", backend)
         if backend != "numba":  # the Numba drivers check overlap themselves, for free
-            _no_overlap(fname, names, values, "numpy")
-        return backends.get(backend), values
+            _no_overlap(fname, names, values)
+        return backends.get(backend), values, dtypes.homogeneous(names, values[0].dtype)
     kinds = [array_kind(v) for v in values]
     if "dlpack" in kinds or "other" in kinds:
         values = tuple(_converted(fname, names, values, kinds))
@@ -124,17 +84,16 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
     values = tuple(as_base_array(v) if k == "numpy" else v
                    for v, k in zip(values, kinds, strict=True))
     first, first_name, kind = values[0], names[0], kinds[0]
-    dtype, shape = first.dtype, first.shape
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{fname}: {first_name} has dtype {dtype}; fusedopt updates float32 or "
-                        f"float64 arrays (allocate {first_name} with one of those)")
-    for name, value, k in zip(names, values, kinds, strict=True):
+    shape = first.shape
+    for name, k in zip(names, kinds, strict=True):
         if k != kind:
             raise TypeError(f"{fname}: {name} is a {k} array but {first_name} is a {kind} "
                             "array; all arrays of one call live on one device")
-        if value.dtype != dtype:
-            raise TypeError(f"{fname}: {name} has dtype {value.dtype} but {first_name} has "
-                            f"{dtype}; allocate {name} with dtype={first_name}.dtype")
+    try:
+        signature = dtypes.signature(names, tuple(v.dtype for v in values))
+    except DtypeError as exc:
+        raise TypeError(f"{fname}: {exc}") from None
+    for name, value in zip(names, values, strict=True):
         if value.shape != shape:
             raise ValueError(f"{fname}: {name} has shape {value.shape} but {first_name} has "
                              f"{shape}; every array of one call has the same shape")
@@ -151,12 +110,13 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
                 raise ValueError(f"{fname}: {name} is on GPU {value.device.id} but "
                                  f"{first_name} is on GPU {device}; move it with "
                                  f"cupy.cuda.Device({device}).use() and cupy.asarray")
-    _no_overlap(fname, names, values, kind)
-    return backends.get(backend_for(fname, kind, backend)), values
+    _no_overlap(fname, names, values)
+    return backends.get(backend_for(fname, kind, backend)), values, signature
 
 
 def _plain_numpy_ok(values, names, writes) -> bool:
-    """True when NumPy arrays pass every check but overlap (the fast path, no messages)."""
+    """True when NumPy arrays of one float dtype pass every check but overlap (the fast
+    path, no messages)."""
     first = values[0]
     dtype, shape = first.dtype, first.shape
     if dtype not in FLOAT_DTYPES:
@@ -169,31 +129,12 @@ def _plain_numpy_ok(values, names, writes) -> bool:
     return True
 
 
-def backend_for(fname: str, kind: str, backend: str | None) -> str:
-    if backend is None:
-        return "numba" if kind == "numpy" else "cupy"
-    if backend not in backends.NAMES:
-        raise ValueError(f"{fname}: backend={backend!r} is not a backend; choose one of "
-                         f"{list(backends.NAMES)} or None (pick by array type)")
-    if (backend == "numba" and kind == "cupy") or (backend == "cupy" and kind == "numpy"):
-        where = "the GPU" if kind == "cupy" else "the CPU"
-        raise ValueError(f"{fname}: backend={backend!r} cannot update {kind} arrays (they are "
-                         f"on {where}); use backend=None to pick by array type")
-    return backend
-
-
-def _no_overlap(fname, names, values, kind):
+def _no_overlap(fname, names, values):
     n = len(values)
     for i in range(n):
         for j in range(i + 1, n):
             if ranges_overlap(values[i], values[j]):
                 raise overlap_error(fname, names[i], names[j])
-
-
-def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
-    """The error for two arguments that share memory."""
-    return ValueError(f"{fname}: {name_a} and {name_b} share memory; each argument needs its "
-                      "own array (the same array passed twice?)")
 
 
 def real(fname: str, name: str, value, lo: float | None = None, hi: float | None = None, *,
@@ -242,3 +183,25 @@ def step(fname: str, value) -> int:
     """The 1-based count of the update being made."""
     return count(fname, "step", value, "the 1-based update count",
                  "the first update is step=1")
+
+
+def hyperparameters(fname: str, specs: tuple[Hyper, ...], values: dict) -> dict:
+    """``values`` checked against the rule's :class:`~fusedopt.kernels.registry.Hyper` specs.
+
+    Returns the checked values (floats, bools, None) by name; the first bad one
+    is a ``TypeError``/``ValueError`` naming it and its valid range. A missing
+    required one is a ``TypeError``.
+    """
+    out = {}
+    for h in specs:
+        value = values.get(h.name, h.default)
+        if h.required and value is h.default:
+            raise TypeError(f"{fname}: missing the hyperparameter {h.name} ({h.doc})")
+        if h.kind == "flag":
+            out[h.name] = flag(fname, h.name, value)
+        elif h.kind == "optional" and value is None:
+            out[h.name] = None
+        else:
+            out[h.name] = real(fname, h.name, value, h.lo, h.hi, lo_open=h.lo_open,
+                               hi_open=h.hi_open)
+    return out

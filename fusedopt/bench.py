@@ -12,6 +12,8 @@ that drift on a shared machine hits every implementation alike:
 ``torch_foreach``  ``torch.optim.<Rule>(foreach=True).step()``
 
 and reports medians, effective bandwidth and the ratios the targets are set in.
+Every optimizer rule of the registry is benchmarked the same way: its call,
+its starting state and its torch equivalent all come from its registry entry.
 """
 
 from __future__ import annotations
@@ -25,18 +27,46 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fusedopt import config, functional
-from fusedopt.kernels.rules import RULES
+from fusedopt.kernels import REQUIRED, RULES, Rule
+from fusedopt.kernels.dtypes import homogeneous
 
 IMPLS: tuple[str, ...] = ("fusedopt", "floor", "reference", "torch_fused", "torch_foreach")
-BENCH_RULES: tuple[str, ...] = ("adam", "momentum", "rmsprop", "sgd")
 
-# The torch.optim equivalent of each rule (same hyperparameters as _fusedopt_call).
-_TORCH = {
-    "adam": ("Adam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)),
-    "momentum": ("SGD", dict(lr=1e-3, momentum=0.9, dampening=0.0)),
-    "rmsprop": ("RMSprop", dict(lr=1e-3, alpha=0.99, eps=1e-8)),
-    "sgd": ("SGD", dict(lr=1e-3)),
-}
+
+def bench_rules() -> tuple[str, ...]:
+    """Every registered optimizer rule (``ewa`` is a building block, not an optimizer)."""
+    return tuple(name for name, r in RULES.items() if r.is_optimizer_rule)
+
+
+#: Every benchmark steps at this rate, from each rule's defaults, except where a default
+#: has no torch equivalent (the lecture's damped momentum): there the torch-comparable value.
+BENCH_LR = 1e-3
+_BENCH_OVERRIDES = {"dampening": 0.0}
+
+
+def bench_hyper(rule: Rule) -> dict:
+    """The hyperparameters every benchmark of ``rule`` uses: its defaults, ``lr=1e-3``, and
+    0.9 for a decay rate it requires (``ewa``'s ``beta``)."""
+    hyper = {h.name: h.default for h in rule.hyper if h.name != "grad_scale"}
+    if "lr" in hyper:
+        hyper["lr"] = BENCH_LR
+    for h in rule.hyper:
+        if h.required and (h.lo, h.hi, h.hi_open) == (0.0, 1.0, True):
+            hyper[h.name] = 0.9
+    for name, value in _BENCH_OVERRIDES.items():
+        if name in hyper:
+            hyper[name] = value
+    missing = [k for k, v in hyper.items() if v is REQUIRED]
+    if missing:
+        raise ValueError(f"rule {rule.name!r}: no benchmark value for {missing}")
+    return hyper
+
+
+def torch_equivalent(rule: Rule) -> tuple[str, dict] | None:
+    """torch.optim's class and keywords for the same update as :func:`bench_hyper`."""
+    if rule.torch_equivalent is None:
+        return None
+    return rule.torch_equivalent({**bench_hyper(rule), "grad_scale": 1.0})
 
 
 @dataclass
@@ -61,29 +91,33 @@ def bytes_moved(rule_name: str, n: int, itemsize: int = 4) -> int:
 
 
 def _state(rule_name: str, n: int, dtype, rng) -> tuple[np.ndarray, ...]:
-    arrays = [rng.standard_normal(n).astype(dtype) for _ in RULES[rule_name].arrays]
-    if rule_name in ("adam", "rmsprop"):
-        arrays[-1] = np.abs(arrays[-1])  # a second moment is non-negative
+    rule = RULES[rule_name]
+    arrays = [rng.standard_normal(n).astype(dtype) for _ in rule.arrays]
+    for name in rule.nonnegative:  # second moments are never negative
+        k = rule.arrays.index(name)
+        arrays[k] = np.abs(arrays[k])
     return tuple(arrays)
 
 
+def rule_call(update: Callable, rule: Rule, arrays, backend: str | None) -> Callable[[], None]:
+    """A zero-argument callable doing one ``update`` (``fo.<rule>_``) of ``arrays``, counting
+    the step where the rule needs one."""
+    hyper = bench_hyper(rule)
+    if not rule.needs_step:
+        return lambda: update(*arrays, **hyper, backend=backend)
+    step = [0]
+
+    def run():
+        step[0] += 1
+        update(*arrays, step=step[0], **hyper, backend=backend)
+
+    return run
+
+
 def _fusedopt_call(rule_name: str, arrays, backend: str | None) -> Callable[[], None]:
-    if rule_name == "adam":
-        step = [0]
-
-        def run():
-            step[0] += 1
-            functional.adam_(*arrays, step=step[0], lr=1e-3, backend=backend)
-
-        return run
-    if rule_name == "momentum":
-        return lambda: functional.momentum_(*arrays, lr=1e-3, beta=0.9, dampening=0.0,
-                                            backend=backend)
-    if rule_name == "rmsprop":
-        return lambda: functional.rmsprop_(*arrays, lr=1e-3, beta=0.99, backend=backend)
-    if rule_name == "sgd":
-        return lambda: functional.sgd_(*arrays, lr=1e-3, backend=backend)
-    raise ValueError(f"no benchmark for rule {rule_name!r}")
+    if rule_name not in RULES:
+        raise ValueError(f"no benchmark for rule {rule_name!r}")
+    return rule_call(functional.FUNCTIONS[rule_name + "_"], RULES[rule_name], arrays, backend)
 
 
 def make_step(rule_name: str, impl: str, n: int, dtype=np.float32,
@@ -99,13 +133,17 @@ def make_step(rule_name: str, impl: str, n: int, dtype=np.float32,
         from fusedopt.backends import numba_cpu
 
         rule = RULES[rule_name]
-        return lambda: numba_cpu.floor(rule, arrays)
+        signature = homogeneous(rule.arrays, dtype)
+        return lambda: numba_cpu.floor(rule, arrays, signature)
     if impl in ("torch_fused", "torch_foreach"):
         try:
             import torch
         except ImportError:
             return None
-        cls_name, kwargs = _TORCH[rule_name]
+        equivalent = torch_equivalent(RULES[rule_name])
+        if equivalent is None:
+            return None
+        cls_name, kwargs = equivalent
         param = torch.nn.Parameter(torch.from_numpy(arrays[0]))
         param.grad = torch.from_numpy(arrays[1])
         flag = {"torch_fused": "fused", "torch_foreach": "foreach"}[impl]
@@ -209,7 +247,9 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
 
             (p, g), = arena.buffers.values()
             m, v = np.zeros_like(p), np.zeros_like(p)
-            return lambda: numba_cpu.floor(RULES["adam"], (p, g, m, v))
+            adam = RULES["adam"]
+            signature = homogeneous(adam.arrays, p.dtype)
+            return lambda: numba_cpu.floor(adam, (p, g, m, v), signature)
         extra = (dict(max_grad_norm=1e9, nonfinite="skip") if impl == "arena_clip_nonfinite"
                  else {})
         return Adam(arena, lr=1e-3, **extra).step
@@ -271,8 +311,9 @@ def format_model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(rules=BENCH_RULES, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:
-    """:func:`measure` over every rule and size."""
+def run(rules=None, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:
+    """:func:`measure` over every rule (default: :func:`bench_rules`) and size."""
+    rules = bench_rules() if rules is None else rules
     sizes = config.BENCH_SIZES if sizes is None else sizes
     out: list[Result] = []
     for rule_name in rules:

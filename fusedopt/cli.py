@@ -114,7 +114,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """The batch-size plan for a training set described by its sizes."""
     import numpy as np
 
-    from fusedopt.planner import plan_batch_size
+    from fusedopt.train.planner import plan_batch_size
 
     n_x = args.n_x if args.n_x is not None else args.layers[0]
     if args.layers[0] != n_x:
@@ -137,8 +137,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Train the MLP on the digits at several batch sizes and recommend one."""
-    from fusedopt.datasets import load_digits
-    from fusedopt.profile import profile_batch_sizes
+    from fusedopt.train.datasets import load_digits
+    from fusedopt.train.profile import profile_batch_sizes
 
     data = load_digits()
     X, Y = data.X_train, data.Y_train
@@ -203,7 +203,8 @@ def _batch_size(text: str):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the MLP on the digits through the fused kernels; print accuracy; write plots."""
-    from fusedopt import backends, demo
+    from fusedopt import backends
+    from fusedopt.train import demo
 
     if args.backend is not None:
         ok, why = backends.status()[args.backend]
@@ -222,11 +223,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fusedopt import bench
+    from fusedopt.kernels import optimizer_names
+
+    optimizers = sorted(optimizer_names())  # every registered optimizer, from the registry
 
     parser = _Parser(
         prog="fusedopt",
-        description="Fused optimizer update kernels (SGD, Momentum, RMSprop, Adam) for NumPy "
-                    "(Numba) and CuPy.",
+        description="Fused optimizer update kernels (" + ", ".join(optimizers)
+                    + ") for NumPy (Numba) and CuPy.",
     )
     parser.add_argument("--version", action="version", version=f"fusedopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -240,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mini-batch and the learning rate.")
     d.add_argument("--backend", choices=["numba", "numpy", "cupy"], default=None,
                    help="where to run (default: numba on the CPU)")
-    d.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam", "adamw"],
-                   default="adam")
+    d.add_argument("--optimizer", choices=optimizers, default="adam")
     d.add_argument("--epochs", type=_positive_int, default=30)
     d.add_argument("--batch-size", type=_batch_size, default=64,
                    help="samples per mini-batch, or 'plan' for the planner's choice "
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "moving the same bytes, the unfused NumPy reference and "
                                    "torch.optim (fused and foreach, when torch is installed); "
                                    "fp32, medians of interleaved rounds in one run.")
-    b.add_argument("--rules", type=lambda s: s.split(","), default=list(bench.BENCH_RULES),
+    b.add_argument("--rules", type=lambda s: s.split(","), default=list(bench.bench_rules()),
                    help="comma-separated rules (default: %(default)s)")
     b.add_argument("--sizes", type=_int_list, default=list(config.BENCH_SIZES),
                    help="comma-separated element counts (default: %(default)s)")
@@ -277,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
 
-    optimizers = ["sgd", "momentum", "rmsprop", "adam", "adamw"]
     p = sub.add_parser("plan", help="which mini-batch size fits in memory (nothing allocated)",
                        description="Plan the mini-batch size for an MLP on a training set "
                                    "described by its sizes, by the lecture's rules, against "
@@ -325,12 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         from fusedopt import bench
-        from fusedopt.kernels.rules import RULES
 
-        bad_rules = [r for r in args.rules if r not in bench.BENCH_RULES or r not in RULES]
+        bad_rules = [r for r in args.rules if r not in bench.bench_rules()]
         bad_impls = [i for i in args.impls if i not in bench.IMPLS]
         if bad_rules or bad_impls:
-            what = (f"--rules {','.join(bad_rules)}: choose from {','.join(bench.BENCH_RULES)}"
+            what = (f"--rules {','.join(bad_rules)}: choose from {','.join(bench.bench_rules())}"
                     if bad_rules else
                     f"--impls {','.join(bad_impls)}: choose from {','.join(bench.IMPLS)}")
             parser.error(what)

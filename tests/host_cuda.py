@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from fusedopt.backends import cupy_cuda
-from fusedopt.kernels.rules import RULES, Rule
+from fusedopt.kernels import RULES, Rule
 
 DTYPES = ("float32", "float64")
 

@@ -60,7 +60,7 @@ def test_a_new_permutation_every_epoch_and_reproducible_with_a_seed():
             ".astype(int).tolist())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.splitlines()
-    from fusedopt import batches
+    from fusedopt.train import batches
 
     batches._seed_calls.pop(123, None)
     assert out[0] == str(epoch(123).astype(int).tolist())

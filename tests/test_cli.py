@@ -62,7 +62,7 @@ def test_bench_table():
 
 
 @pytest.mark.parametrize("args, word", [
-    (("bench", "--rules", "lion"), "--rules"),
+    (("bench", "--rules", "no_such_rule"), "--rules"),
     (("bench", "--impls", "jax"), "--impls"),
     (("bench", "--sizes", "0"), "--sizes"),
     (("frobnicate",), "invalid choice"),

@@ -23,7 +23,7 @@ def run(*args, cwd=None) -> subprocess.CompletedProcess:
 
 def test_demo_reaches_the_stated_accuracy_with_its_defaults(tmp_path):
     """The README promises at least 0.95 held-out accuracy on the digits with the defaults."""
-    from fusedopt import demo
+    from fusedopt.train import demo
 
     result = demo.run(out=str(tmp_path), progress=False, log=lambda *_: None)
     assert result.test_accuracy >= 0.95
@@ -43,7 +43,7 @@ def test_demo_command(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (("--optimizer", "lion"), ["--optimizer", "invalid choice"]),
+    (("--optimizer", "no_such_optimizer"), ["--optimizer", "invalid choice"]),
     (("--batch-size", "0"), ["--batch-size", "at least 1"]),
     (("--epochs", "-3"), ["--epochs"]),
     (("--backend", "cupy"), ["backend 'cupy' is not available"]),
@@ -111,7 +111,7 @@ def test_optimizer_paths_reach_the_minimum_in_the_expected_order():
 
 def test_demo_on_the_cupy_backend(host_cupy, tmp_path):
     """``fusedopt demo --backend cupy``'s code path, on the host-emulated CuPy."""
-    from fusedopt import demo
+    from fusedopt.train import demo
 
     result = demo.run(backend="cupy", epochs=3, out=str(tmp_path), progress=False,
                       log=lambda *_: None)

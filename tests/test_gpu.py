@@ -12,8 +12,8 @@ from conftest import HAS_GPU
 from oracle import run_and_check, sample_inputs
 
 import fusedopt as fo
+from fusedopt.kernels import RULES
 from fusedopt.kernels.reference import adam as reference_adam
-from fusedopt.kernels.rules import RULES
 
 pytestmark = pytest.mark.skipif(not HAS_GPU, reason="no CUDA device here (these run on a GPU "
                                                     "machine: bench/gpu_check.sh)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fusedopt as fo
-from fusedopt.profile import gradient_noise_scale, profile_batch_sizes
+from fusedopt.train.profile import gradient_noise_scale, profile_batch_sizes
 
 
 @pytest.mark.parametrize("layers", [[5, 4, 3], [5, 6, 4, 1], [3, 2]],

@@ -304,9 +304,9 @@ def test_corrupt_checkpoint_is_refused_and_changes_nothing(tmp_path, damage):
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
-    elif damage == "flip":
-        middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    elif damage == "flip":  # a bit of a parameter's stored values (CRC-checked on load)
+        where = data.index(params[2].tobytes()) + 5
+        path.write_bytes(data[:where] + bytes([data[where] ^ 0x10]) + data[where + 1:])
     elif damage == "garbage":
         path.write_bytes(b"not a checkpoint at all" * 10)
     else:
@@ -406,7 +406,7 @@ def test_list_path_on_the_cupy_backend_matches_numpy(host_cupy):
 
 @pytest.mark.parametrize("make, error, word", [
     (lambda: fo.Adam(initial(), lr=-1.0), ValueError, "lr"),
-    (lambda: fo.Adam(initial(), betas=(0.9, 0.99)), TypeError, "unknown argument"),
+    (lambda: fo.Adam(initial(), betas=(0.9, 0.99)), TypeError, "betas"),
     (lambda: fo.SGD(initial(), lr=0.1, nonfinite="ignore"), ValueError, "nonfinite"),
     (lambda: fo.SGD(initial(), lr=0.1, max_grad_norm=0.0), ValueError, "max_grad_norm"),
     (lambda: fo.SGD(initial(), lr=0.1, by="batch"), ValueError, "by="),

@@ -26,8 +26,8 @@ from oracle import run_and_check, sample_inputs
 from strategies import inputs
 
 from fusedopt import config
+from fusedopt.kernels import RULES
 from fusedopt.kernels.reference import REFERENCE
-from fusedopt.kernels.rules import RULES
 
 
 @pytest.fixture(params=[b for b in BACKENDS if b != "numba"] + ["numba-serial", "numba-parallel"])

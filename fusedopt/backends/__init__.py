@@ -8,8 +8,9 @@ name       runs                                            picked for
 ``cupy``   CUDA kernels generated from the same rules      CuPy arrays (the default)
 =========  ==============================================  ===========================
 
-Dispatch looks at ``type(array).__module__``; it never imports CuPy to find out
-what an array is, so ``import fusedopt`` stays light.
+Every backend module satisfies :class:`fusedopt.backends.base.Backend`.
+Dispatch (:mod:`fusedopt.backends.dispatch`) looks at ``type(array).__module__``;
+it never imports CuPy to find out what an array is, so ``import fusedopt`` stays light.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-NAMES: tuple[str, ...] = ("numpy", "numba", "cupy")
+from fusedopt.backends.dispatch import NAMES
+
 _MODULES = {"numpy": "numpy_ref", "numba": "numba_cpu", "cupy": "cupy_cuda"}
+_SUBMODULES = (*_MODULES.values(), "cuda_codegen", "numba_codegen")
 _loaded: dict[str, ModuleType] = {}
 
 
@@ -54,7 +57,7 @@ def available() -> list[str]:
 
 def __getattr__(name: str) -> ModuleType:
     """``fo.backends.cupy_cuda`` (and the others) import on first use (PEP 562)."""
-    if name in _MODULES.values():
+    if name in _SUBMODULES:
         return importlib.import_module(f"fusedopt.backends.{name}")
     raise AttributeError(f"module 'fusedopt.backends' has no attribute {name!r}")
 

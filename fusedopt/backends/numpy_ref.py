@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedopt.kernels.dtypes import Signature
 from fusedopt.kernels.reference import REFERENCE
-from fusedopt.kernels.rules import Rule
+from fusedopt.kernels.registry import Rule
 
 NAME = "numpy"
 
@@ -19,22 +20,25 @@ def is_available() -> tuple[bool, str]:
     return True, "the unfused NumPy reference (always available)"
 
 
-def prepare(rule: Rule, hyper: dict, dtype) -> dict:
+def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple[dict, Signature]:
     """The reference takes the public hyperparameters as they are."""
-    return hyper
+    return hyper, signature
 
 
-def launch(rule: Rule, arrays: tuple, hyper: dict) -> None:
-    """Run ``rule`` over ``arrays`` in place with the reference implementation."""
-    new_values = REFERENCE[rule.name](*arrays, **hyper)
+def launch(rule: Rule, arrays: tuple, prepared: tuple[dict, Signature]) -> None:
+    """Run ``rule`` over ``arrays`` in place with the reference, in the compute dtype."""
+    hyper, signature = prepared
+    inputs = arrays if signature.homogeneous else tuple(
+        a.astype(signature.compute) for a in arrays)
+    new_values = REFERENCE[rule.name](*inputs, **hyper)
     by_name = dict(zip(rule.arrays, arrays, strict=True))
     for name, value in zip(rule.writes, new_values, strict=True):
         by_name[name][...] = value
 
 
-def update(rule: Rule, arrays: tuple, hyper: dict) -> None:
+def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None:
     """Run ``rule`` over ``arrays`` in place with the reference implementation."""
-    launch(rule, arrays, hyper)
+    launch(rule, arrays, prepare(rule, hyper, signature))
 
 
 def sum_of_squares(array) -> float:

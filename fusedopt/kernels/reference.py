@@ -60,10 +60,69 @@ def adam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), exp_avg, exp_avg_sq
 
 
+def amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
+            beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+            bias_correction=True, grad_scale=1.0):
+    """AMSGrad as torch.optim.Adam(amsgrad=True): the running maximum of the raw second
+    moment, bias-corrected, in the denominator.
+
+    Returns ``(param, exp_avg, exp_avg_sq, max_exp_avg_sq)``.
+    """
+    grad = grad * grad_scale
+    if decoupled_weight_decay:
+        param = param * (1 - lr * weight_decay)
+        g = grad
+    else:
+        g = grad + weight_decay * param
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    max_exp_avg_sq = np.maximum(max_exp_avg_sq, exp_avg_sq)
+    bc1, bc2 = (1 - beta1**step, 1 - beta2**step) if bias_correction else (1, 1)
+    denom = np.sqrt(max_exp_avg_sq / bc2) + eps
+    return param - lr * (exp_avg / bc1) / denom, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, grad_scale=1.0):
+    """NAdam as the algorithm box of torch.optim.NAdam (Dozat 2016).
+
+    ``mu_t = beta1 (1 - 0.5 * 0.96**(t * momentum_decay))``;
+    ``m_hat = mu_{t+1} m / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) g / (1 - prod_{i<=t} mu_i)``;
+    ``param -= lr * m_hat / (sqrt(v / (1 - beta2**t)) + eps)``.
+    Returns ``(param, exp_avg, exp_avg_sq)``.
+    """
+    grad = grad * grad_scale
+    if decoupled_weight_decay:
+        param = param * (1 - lr * weight_decay)
+        g = grad
+    else:
+        g = grad + weight_decay * param
+    mus = beta1 * (1 - 0.5 * 0.96 ** (np.arange(1, step + 2, dtype=np.float64) * momentum_decay))
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    m_hat = (mus[step] * exp_avg / (1 - np.prod(mus[: step + 1]))
+             + (1 - mus[step - 1]) * g / (1 - np.prod(mus[:step])))
+    v_hat = exp_avg_sq / (1 - beta2**step)
+    return param - lr * m_hat / (np.sqrt(v_hat) + eps), exp_avg, exp_avg_sq
+
+
+def lion(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
+         grad_scale=1.0):
+    """Lion, Algorithm 2 of Chen et al. 2023: ``c = interp(g, m, beta1)``,
+    ``param -= lr * (sign(c) + weight_decay * param)``, ``m = interp(g, m, beta2)``.
+
+    ``sign(0) = 0``. Returns ``(param, exp_avg)``.
+    """
+    grad = grad * grad_scale
+    update = np.sign(beta1 * exp_avg + (1 - beta1) * grad)
+    new_param = param - lr * (update + weight_decay * param)
+    return new_param, beta2 * exp_avg + (1 - beta2) * grad
+
+
 def ewa(average, value, *, beta):
     """``beta*average + (1-beta)*value``. Returns ``(average,)``."""
     return (beta * average + (1 - beta) * value,)
 
 
 #: name -> reference function, the same names as :data:`fusedopt.kernels.rules.RULES`.
-REFERENCE = {f.__name__: f for f in (sgd, momentum, rmsprop, adam, ewa)}
+REFERENCE = {f.__name__: f for f in (sgd, momentum, rmsprop, adam, amsgrad, nadam, lion, ewa)}

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusedopt import schedules
-from fusedopt.batches import minibatches
-from fusedopt.datasets import load_digits
-from fusedopt.mlp import MLP
+from fusedopt.kernels import optimizer_rule
 from fusedopt.optim import make_optimizer
-from fusedopt.planner import plan_batch_size
-
-DEMO_LR = {"sgd": 0.5, "momentum": 0.5, "rmsprop": 3e-3, "adam": 1e-2, "adamw": 1e-2}
+from fusedopt.train.batches import minibatches
+from fusedopt.train.datasets import load_digits
+from fusedopt.train.mlp import MLP
+from fusedopt.train.planner import plan_batch_size
 
 
 @dataclass
@@ -73,7 +72,7 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     log(f"training: MLP {layers}, {optimizer}, mini-batches of {batch_size}, {epochs} epochs, "
         f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}")
     net = MLP(layers, xp=xp, seed=seed)
-    lr0 = lr if lr is not None else DEMO_LR[optimizer]
+    lr0 = lr if lr is not None else optimizer_rule(optimizer).typical_lr
     schedule = schedules.inverse_time(lr0, decay_rate=0.05)
     opt = make_optimizer(optimizer, net.arena, lr=lr0, schedule=schedule, backend=backend)
     costs, lrs = [], []
@@ -116,7 +115,7 @@ def plot(result: DemoResult, out: str, optimizer: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fusedopt.profile import smoothed
+    from fusedopt.train.profile import smoothed
 
     os.makedirs(out, exist_ok=True)
     steps = np.arange(1, len(result.costs) + 1)

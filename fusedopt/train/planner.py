@@ -5,9 +5,11 @@ gradient descent; otherwise a mini-batch of 64 to 512 samples, a power of two,
 and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
 
 * a **memory model** of pure functions: the bytes of X{t}/Y{t}, of the
-  parameters, gradients and optimizer state (0, 1, 1, 2 slots for SGD,
-  Momentum, RMSprop, Adam), of the activations and backward temporaries of
-  :class:`fusedopt.MLP` (or a per-sample activation size for other models);
+  parameters, gradients and optimizer state (one slot per state array of the
+  optimizer's rule, from the Rule registry: 0 for SGD, 1 for Momentum, 2 for
+  Adam, 3 for AMSGrad, ...), of the activations and backward temporaries of
+  :class:`fusedopt.MLP`, which it asks the MLP for (or a per-sample
+  activation size for other models);
 * **device probes**: free GPU memory (the driver's figure plus what CuPy's pool
   holds free) and CPU memory available to this process (``/proc/meminfo``,
   capped by a cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``);
@@ -17,7 +19,6 @@ and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -26,8 +27,19 @@ import numpy as np
 
 from fusedopt import _checks, config, devices
 from fusedopt.arena import ALIGN_BYTES, layout
+from fusedopt.kernels import optimizer_names, optimizer_rule
+from fusedopt.train.mlp import MLP
 
-STATE_SLOTS = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+
+def state_slots(optimizer: str) -> int:
+    """State arrays per parameter of the optimizer called ``optimizer`` (from its rule)."""
+    return len(optimizer_rule(optimizer).state)
+
+
+def _check_optimizer(f: str, optimizer) -> None:
+    if optimizer not in optimizer_names():
+        raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of "
+                         f"{sorted(optimizer_names())}")
 
 
 # ------------------------------------------------------------------ the memory model
@@ -44,11 +56,8 @@ def batch_bytes(n_x: int, n_y: int, batch_size: int, x_dtype=np.float32,
 
 
 def mlp_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
-    """Parameter shapes of :class:`fusedopt.MLP`: ``W[l]: (n_l, n_{l-1})``, ``b[l]: (n_l, 1)``."""
-    shapes = []
-    for n_in, n_out in itertools.pairwise(layer_sizes):
-        shapes += [(n_out, n_in), (n_out, 1)]
-    return shapes
+    """Parameter shapes of :class:`fusedopt.MLP` (asked of the MLP)."""
+    return MLP.parameter_shapes(layer_sizes)
 
 
 def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
@@ -60,33 +69,21 @@ def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
 def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
                     gpu: bool = False) -> dict[str, int]:
     """Parameters, gradients and optimizer state of a model held in a ParamArena."""
-    if optimizer not in STATE_SLOTS:
-        raise ValueError(f"optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
+    _check_optimizer("parameter_bytes", optimizer)
     itemsize = np.dtype(dtype).itemsize
     n = arena_buffer_elements(shapes, dtype)
     # On the CPU the arena over-allocates one alignment pad per buffer.
     buffer = n * itemsize + (0 if gpu else ALIGN_BYTES)
+    slots = state_slots(optimizer)
     return {"parameters": buffer, "gradients": buffer,
-            f"optimizer state ({STATE_SLOTS[optimizer]} slots)":
-                STATE_SLOTS[optimizer] * n * itemsize}
+            f"optimizer state ({slots} slots)": slots * n * itemsize}
 
 
 def mlp_activation_bytes(layer_sizes: Sequence[int], batch_size: int,
                          dtype=np.float32) -> dict[str, int]:
-    """Activations and backward temporaries of :class:`fusedopt.MLP` for one step.
-
-    ``A[l]`` and one delta buffer per layer (``n_l x b`` each), plus the
-    largest temporary: the ReLU mask of backward propagation (one byte per
-    element of the widest hidden layer) or the softmax's column reductions.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    units = sum(layer_sizes[1:])
-    hidden = layer_sizes[1:-1]
-    mask = max(hidden) * batch_size if hidden else 0
-    reductions = batch_size * itemsize
-    return {"activations A[l]": units * batch_size * itemsize,
-            "backward deltas": units * batch_size * itemsize,
-            "temporaries": max(mask, reductions)}
+    """Activations and backward temporaries of :class:`fusedopt.MLP` for one step (asked of
+    the MLP: :meth:`fusedopt.MLP.activation_bytes`)."""
+    return MLP.activation_bytes(layer_sizes, batch_size, dtype)
 
 
 def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
@@ -191,7 +188,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         layer_sizes: the :class:`fusedopt.MLP` to model (``[n_x, ..., n_y]``).
         activation_bytes_per_sample: for other models, the activations and
             temporaries one sample needs (then pass ``param_shapes`` too).
-        optimizer: ``"sgd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"`` or ``"adamw"``.
+        optimizer: any name of :func:`fusedopt.kernels.optimizer_names` (``"sgd"``,
+            ``"adam"``, ``"amsgrad"``, ``"lion"``, ...): its state slots are its rule's.
         memory_limit: bytes to plan for instead of what the device has free.
         backend: ``"cupy"`` plans for the GPU, ``"numba"``/``"numpy"`` for the CPU;
             ``None`` (default) decides by where ``X`` lives (the CPU for shapes).
@@ -235,8 +233,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
             raise ValueError(f"{f}: with activation_bytes_per_sample, pass param_shapes")
         _checks.real(f, "activation_bytes_per_sample", activation_bytes_per_sample, 0.0)
         shapes = param_shapes
-    if optimizer not in STATE_SLOTS:
-        raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of {sorted(STATE_SLOTS)}")
+    _check_optimizer(f, optimizer)
     gpu = backend == "cupy" or (backend is None and x_kind == "cupy")
     device = "gpu" if gpu else "cpu"
     if memory_limit is not None:

@@ -25,12 +25,12 @@ A training loop, the lecture's mini-batch gradient descent::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 from fusedopt.arena import ParamArena
-from fusedopt.planner import mlp_shapes
 
 _TINY = 1e-12  # keeps log() finite for a probability that underflowed to zero
 
@@ -52,7 +52,7 @@ class MLP:
             raise ValueError(f"MLP: layer_sizes={list(layer_sizes)!r}; give at least the input "
                              "and output sizes, all >= 1 (e.g. [64, 32, 10])")
         self.layer_sizes = sizes
-        self.arena = ParamArena(mlp_shapes(sizes), dtype=dtype, xp=xp)
+        self.arena = ParamArena(self.parameter_shapes(sizes), dtype=dtype, xp=xp)
         self.xp = np if xp == "numpy" else __import__("cupy")
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -62,6 +62,35 @@ class MLP:
         self._batch = None
         self._A: list = []
         self._delta: list = []
+
+    # ------------------------------------------------ what the memory planner asks
+    @staticmethod
+    def parameter_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
+        """Parameter shapes, in arena order: ``W[l]: (n_l, n_{l-1})``, ``b[l]: (n_l, 1)``."""
+        shapes = []
+        for n_in, n_out in itertools.pairwise(layer_sizes):
+            shapes += [(int(n_out), int(n_in)), (int(n_out), 1)]
+        return shapes
+
+    @staticmethod
+    def activation_bytes(layer_sizes: Sequence[int], batch_size: int,
+                         dtype=np.float32) -> dict[str, int]:
+        """Bytes of what one training step at ``batch_size`` holds besides the parameters.
+
+        ``A[l]`` and one delta buffer per layer (``n_l x b`` each, see
+        :meth:`_workspace`), plus the largest temporary: the ReLU mask of
+        backward propagation (one byte per element of the widest hidden layer)
+        or the softmax's column reductions. Python integers: no overflow.
+        """
+        itemsize = np.dtype(dtype).itemsize
+        batch_size = int(batch_size)
+        units = sum(int(n) for n in layer_sizes[1:])
+        hidden = [int(n) for n in layer_sizes[1:-1]]
+        mask = max(hidden) * batch_size if hidden else 0
+        reductions = batch_size * itemsize
+        return {"activations A[l]": units * batch_size * itemsize,
+                "backward deltas": units * batch_size * itemsize,
+                "temporaries": max(mask, reductions)}
 
     @property
     def weights(self) -> list:

@@ -29,10 +29,11 @@ from numbers import Integral
 
 import numpy as np
 
-from fusedopt import _checks, planner
-from fusedopt.batches import minibatches
-from fusedopt.mlp import MLP
+from fusedopt import _checks
 from fusedopt.optim import make_optimizer, to_host
+from fusedopt.train import planner
+from fusedopt.train.batches import minibatches
+from fusedopt.train.mlp import MLP
 
 
 class MLPTrainer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusedopt.mlp import one_hot
+from fusedopt.train.mlp import one_hot
 
 
 @dataclass

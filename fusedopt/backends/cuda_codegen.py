@@ -1,0 +1,288 @@
+"""CUDA C++ generated from the rules: the translator and the translation units.
+
+Each rule's Python source (:mod:`fusedopt.kernels.rules`) is translated, from
+its AST, into a CUDA C++ ``__device__`` function; nothing is written a second
+time in C, so the GPU and CPU backends cannot drift apart. The translator
+covers exactly the rule language (:mod:`fusedopt.kernels.language`), which is
+checked when a rule is registered: the language's functions map to their C
+names or to small helpers with Python's meaning (``max``, ``min``, ``sign``),
+and literals are typed to the compute type (``0.5f`` for float32) so that
+float32 math stays float32.
+
+A call is described by a :class:`~fusedopt.kernels.dtypes.Signature`: each
+array's storage type, and the compute type the device function works in.
+Every translation unit holds two kernels:
+
+``fusedopt_<rule>_<sig>``       a grid-stride loop, one element per step;
+``fusedopt_<rule>_<sig>_vec``   the same with vector loads and stores (128 bits
+                                for the widest array: ``float4``/``double2``)
+                                and a scalar tail, for suitably aligned arrays.
+
+``<sig>`` is the dtype's name when every array has it (``fusedopt_adam_float32``).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+
+from fusedopt.kernels import language
+from fusedopt.kernels.dtypes import Signature, homogeneous, signature
+from fusedopt.kernels.registry import RULES, Rule
+
+CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# (storage dtype, lanes) -> (CUDA vector type, fields)
+VECTOR = {(np.dtype(np.float32), 4): ("float4", ("x", "y", "z", "w")),
+          (np.dtype(np.float32), 2): ("float2", ("x", "y")),
+          (np.dtype(np.float64), 2): ("double2", ("x", "y"))}
+
+
+def rule_of(rule) -> Rule:
+    """A :class:`Rule` from itself or its registered name."""
+    if isinstance(rule, Rule):
+        return rule
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is not a rule; choose one of {sorted(RULES)}")
+    return RULES[rule]
+
+
+def signature_of(rule: Rule, dtype) -> Signature:
+    """A signature from one dtype (every array), a sequence of per-array dtypes, or itself."""
+    if isinstance(dtype, Signature):
+        return dtype
+    try:
+        if isinstance(dtype, (list, tuple)):
+            return signature(rule.arrays, dtype)
+        return homogeneous(rule.arrays, dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype={dtype} is not supported by the CUDA backend ({exc}); use "
+                         "float32 or float64") from None
+
+
+def kernel_base_name(rule: Rule, sig: Signature) -> str:
+    """``fusedopt_<rule>_<float32|float64>`` when homogeneous, else with the signature key."""
+    return f"fusedopt_{rule.name}_{sig.compute.name if sig.homogeneous else sig.key}"
+
+
+def lanes(sig: Signature) -> int:
+    """Elements per vector access: 16 bytes of the widest array."""
+    return 16 // max(d.itemsize for d in sig.storage)
+
+
+def vector_alignments(sig: Signature) -> list[int]:
+    """The byte alignment each array needs for the vector kernel."""
+    n = lanes(sig)
+    return [n * d.itemsize for d in sig.storage]
+
+
+class _Translator:
+    """Python AST of one element rule -> the body of a CUDA C++ device function."""
+
+    def __init__(self, rule: Rule, compute: np.dtype):
+        self.rule = rule
+        self.ctype = CTYPE[compute]
+        self.f32 = compute == np.float32
+        self.declared = set(rule.arrays) | set(rule.scalars)
+        self.helpers: dict[str, str] = {}  # language functions that need a helper
+
+    def fail(self, node, what: str):
+        raise NotImplementedError(f"rule {self.rule.name!r}, line {getattr(node, 'lineno', '?')}:"
+                                  f" {what} cannot be translated to CUDA")
+
+    def literal(self, node, value) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            self.fail(node, f"the constant {value!r}")
+        text = repr(float(value))
+        if "." not in text and "e" not in text:
+            text += ".0"
+        return text + ("f" if self.f32 else "")
+
+    def expr(self, node) -> str:
+        if isinstance(node, ast.Name):
+            if node.id not in self.declared:
+                self.fail(node, f"the name {node.id!r}")
+            return node.id
+        if isinstance(node, ast.Constant):
+            return self.literal(node, node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in language.BINARY_OPERATORS:
+            op = language.BINARY_OPERATORS[type(node.op)]
+            return f"({self.expr(node.left)} {op} {self.expr(node.right)})"
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                return f"(-{self.expr(node.operand)})"
+            if isinstance(node.op, ast.UAdd):
+                return self.expr(node.operand)
+            if isinstance(node.op, ast.Not):
+                return f"(!{self.truth(node.operand)})"
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 \
+                and type(node.ops[0]) in language.COMPARISONS:
+            op = language.COMPARISONS[type(node.ops[0])]
+            return f"({self.expr(node.left)} {op} {self.expr(node.comparators[0])})"
+        if isinstance(node, ast.IfExp):
+            return (f"({self.truth(node.test)} ? {self.expr(node.body)} : "
+                    f"{self.expr(node.orelse)})")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in language.FUNCTIONS:
+            return f"{self.function(node.func.id)}({', '.join(self.expr(a) for a in node.args)})"
+        if isinstance(node, ast.BinOp):
+            self.fail(node, f"the operator {type(node.op).__name__}")
+        if isinstance(node, ast.BoolOp):
+            self.fail(node, "`and`/`or` used as a value")
+        if isinstance(node, ast.Call):
+            self.fail(node, f"the call {ast.unparse(node.func)}(...)")
+        self.fail(node, f"a {type(node).__name__} expression")
+
+    def function(self, name: str) -> str:
+        spec = language.FUNCTIONS[name]
+        if isinstance(spec.cuda, tuple):
+            return spec.cuda[0 if self.f32 else 1]
+        helper = f"fusedopt_{name}"
+        args = ", ".join(f"{self.ctype} {a}" for a in "ab"[: spec.arity])
+        body = spec.cuda.replace("(T)", f"({self.ctype})")
+        self.helpers[name] = (f"__device__ __forceinline__ {self.ctype} {helper}({args}) "
+                              f"{{ {body} }}\n")
+        return helper
+
+    def truth(self, node) -> str:
+        """``node`` as a C condition."""
+        if isinstance(node, ast.BoolOp):
+            joiner = " && " if isinstance(node.op, ast.And) else " || "
+            return "(" + joiner.join(self.truth(v) for v in node.values) + ")"
+        text = self.expr(node)
+        if isinstance(node, ast.Compare) or (
+                isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
+            return text
+        return f"({text} != {self.literal(node, 0)})"
+
+    def body(self, function: ast.FunctionDef) -> list[str]:
+        lines = []
+        for node in language.body_statements(function):
+            if isinstance(node, ast.Assign):
+                name = node.targets[0].id
+                value = self.expr(node.value)
+                if name in self.declared:
+                    lines.append(f"{name} = {value};")
+                else:  # not const: a later statement may assign it again
+                    lines.append(f"{self.ctype} {name} = {value};")
+                    self.declared.add(name)
+            elif isinstance(node, ast.Return):
+                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                # Evaluate every output before storing any: the outputs may alias inputs.
+                for k, value in enumerate(values):
+                    lines.append(f"const {self.ctype} out{k} = {self.expr(value)};")
+                for k, name in enumerate(self.rule.writes):
+                    lines.append(f"*new_{name} = out{k};")
+            else:
+                self.fail(node, f"a {type(node).__name__} statement")
+        return lines
+
+
+def function_name(rule, dtype) -> str:
+    """The kernel's name, e.g. ``fusedopt_adam_float32``."""
+    rule = rule_of(rule)
+    return kernel_base_name(rule, signature_of(rule, dtype))
+
+
+def device_function(rule, dtype) -> str:
+    """The rule as a CUDA C++ ``__device__`` function (inputs by value, outputs by pointer),
+    preceded by the helpers it calls."""
+    rule = rule_of(rule)
+    sig = signature_of(rule, dtype)
+    ctype = CTYPE[sig.compute]
+    translator = _Translator(rule, sig.compute)
+    body = translator.body(language.function_tree(rule.element))
+    params = [f"{ctype} {name}" for name in (*rule.arrays, *rule.scalars)]
+    params += [f"{ctype}* __restrict__ new_{name}" for name in rule.writes]
+    return ("".join(translator.helpers.values())
+            + f"// {rule.name}: translated from the element rule {rule.element.__module__}."
+              f"{rule.element.__qualname__}\n"
+            + f"__device__ __forceinline__ void {kernel_base_name(rule, sig)}_element(\n    "
+            + ",\n    ".join(params) + ") {\n    " + "\n    ".join(body) + "\n}\n")
+
+
+def _kernel_params(rule: Rule, sig: Signature) -> str:
+    arrays = [f"{'' if name in rule.writes else 'const '}{CTYPE[d]}* __restrict__ {name}"
+              for name, d in zip(rule.arrays, sig.storage, strict=True)]
+    scalars = [f"const {CTYPE[sig.compute]} {name}" for name in rule.scalars]
+    return ",\n    ".join([*arrays, *scalars, "const long long n"])
+
+
+def _element_step(rule: Rule, sig: Signature, reads: list[str], writes: list[str]) -> str:
+    """Load (converting to the compute type), call the element function, store back."""
+    ctype = CTYPE[sig.compute]
+    storage = dict(zip(rule.arrays, sig.storage, strict=True))
+
+    def load(expr: str, dtype) -> str:
+        return expr if dtype == sig.compute else f"({ctype}){expr}"
+
+    def store(name: str) -> str:
+        dtype = storage[name]
+        return f"o_{name}" if dtype == sig.compute else f"({CTYPE[dtype]})o_{name}"
+
+    outs = ", ".join(f"o_{w}" for w in rule.writes)
+    args = [load(r, storage[a]) for r, a in zip(reads, rule.arrays, strict=True)]
+    args += list(rule.scalars) + [f"&o_{w}" for w in rule.writes]
+    stores = " ".join(f"{target} = {store(w)};"
+                      for target, w in zip(writes, rule.writes, strict=True))
+    return (f"{{ {ctype} {outs}; {kernel_base_name(rule, sig)}_element({', '.join(args)}); "
+            f"{stores} }}")
+
+
+def cuda_source(rule, dtype) -> str:
+    """The complete CUDA C++ translation unit the CuPy backend compiles for ``rule`` and ``dtype``.
+
+    ``dtype`` is one dtype for every array, a sequence of per-array dtypes, or a
+    :class:`~fusedopt.kernels.dtypes.Signature`. The unit holds the translated
+    device function and two ``extern "C" __global__`` kernels (see the module
+    docstring). Kernel arguments: the rule's arrays (in order, each in its
+    storage type), its scalars (by value, in the compute type), then ``n``.
+    """
+    rule = rule_of(rule)
+    sig = signature_of(rule, dtype)
+    name = kernel_base_name(rule, sig)
+    params = _kernel_params(rule, sig)
+    n_lanes = lanes(sig)
+    vectors = {a: VECTOR[(d, n_lanes)] for a, d in zip(rule.arrays, sig.storage, strict=True)}
+    grid_stride = ("const long long stride = (long long)blockDim.x * gridDim.x;\n"
+                   "    const long long first = (long long)blockIdx.x * blockDim.x + "
+                   "threadIdx.x;\n")
+    scalar_step = _element_step(rule, sig, [f"{a}[i]" for a in rule.arrays],
+                                [f"{w}[i]" for w in rule.writes])
+    loads = "\n".join(
+        f"        {'' if a in rule.writes else 'const '}{vectors[a][0]} {a}_v = "
+        f"reinterpret_cast<{'' if a in rule.writes else 'const '}{vectors[a][0]}*>({a})[j];"
+        for a in rule.arrays)
+    lane_steps = "\n".join(
+        "        " + _element_step(rule, sig, [f"{a}_v.{vectors[a][1][k]}" for a in rule.arrays],
+                                   [f"{w}_v.{vectors[w][1][k]}" for w in rule.writes])
+        for k in range(n_lanes))
+    stores = "\n".join(f"        reinterpret_cast<{vectors[w][0]}*>({w})[j] = {w}_v;"
+                       for w in rule.writes)
+    return (
+        f"// Generated by fusedopt.backends.cuda_codegen from the rule {rule.name!r} "
+        f"({sig.key}); do not edit.\n"
+        + device_function(rule, sig)
+        + f'\nextern "C" __global__ void {name}(\n    {params}) {{\n'
+        + f"    {grid_stride}"
+        + "    for (long long i = first; i < n; i += stride) {\n"
+        + f"        {scalar_step}\n"
+        + "    }\n}\n"
+        + f'\nextern "C" __global__ void {name}_vec(\n    {params}) {{\n'
+        + f"    // {n_lanes} elements per vector access; the arrays are aligned for it here.\n"
+        + f"    {grid_stride}"
+        + f"    const long long n_vec = n / {n_lanes};\n"
+        + "    for (long long j = first; j < n_vec; j += stride) {\n"
+        + loads + "\n" + lane_steps + "\n" + stores + "\n    }\n"
+        + f"    for (long long i = n_vec * {n_lanes} + first; i < n; i += stride) {{\n"
+        + f"        {scalar_step}\n"
+        + "    }\n}\n"
+    )
+
+
+def kernel_names(rule, dtype) -> tuple[str, str]:
+    """(scalar kernel, vector kernel) names in :func:`cuda_source`."""
+    name = function_name(rule, dtype)
+    return name, name + "_vec"

@@ -1,0 +1,227 @@
+"""The rule language: what an element rule may be written in, checked when it is registered.
+
+An element rule is a plain Python function on scalars that every backend runs:
+Numba compiles it, the CUDA backend translates its source. So it is written in
+the subset both understand, stated here once:
+
+* statements: ``name = expression`` (one name) and a final ``return a, b, ...``
+  (one value per array the rule writes); a docstring first;
+* expressions: names (arguments and earlier locals), ``+ - * /``, unary ``-``
+  and ``+``, one comparison ``< <= > >= == !=``, ``x if c else y``, ``not``,
+  and ``and``/``or`` inside a condition (C's ``&&``/``||`` return 0 or 1 where
+  Python's return an operand, so they agree only as conditions);
+* numeric literals only in comparisons (``x > 0``): in arithmetic a Python
+  literal is a float64 in Numba and would turn float32 math into float64; pass
+  such numbers as host scalars instead;
+* calls of the functions in :data:`FUNCTIONS`, imported from this module by
+  the rule file.
+
+A rule that steps outside this is refused by :func:`validate` at import, with
+the construct and the line named, not later when a backend generates code.
+
+Every function has one meaning on every backend (NaN included), pinned to the
+Python function bound here, which is what the rules run as on plain floats:
+
+=============  =====  ===========================================================
+``sqrt(x)``    1      square root (NaN for x < 0)
+``abs(x)``     1      absolute value
+``min(a, b)``  2      ``b if b < a else a`` (Python's ``min``: ``a`` when either is NaN
+                      and ``b`` is not smaller)
+``max(a, b)``  2      ``b if b > a else a`` (Python's ``max``)
+``copysign``   2      ``|a|`` with the sign of ``b``
+``sign(x)``    1      -1, 0 or 1 (``sign(-0.0) = 0``); NaN for NaN (``numpy.sign``)
+``exp(x)``     1      e**x
+``log(x)``     1      natural logarithm
+=============  =====  ===========================================================
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MathFunction:
+    """A function a rule may call, and how each backend spells it.
+
+    ``python`` is the meaning, and the object the rule's global name must be
+    bound to (Numba compiles calls of it natively). ``cuda`` is either a pair
+    of C names (float, double) or, for functions C has no exact match for, the
+    body of a ``__device__`` helper in the compute type ``T``.
+    """
+
+    name: str
+    arity: int
+    python: Callable
+    cuda: tuple[str, str] | str
+    doc: str
+
+
+FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
+    MathFunction("sqrt", 1, math.sqrt, ("sqrtf", "sqrt"), "square root"),
+    MathFunction("abs", 1, abs, ("fabsf", "fabs"), "absolute value"),
+    # C's fminf/fmaxf drop a NaN operand where Python's min/max keep the first one;
+    # the helpers below copy Python's comparisons so every backend agrees.
+    MathFunction("min", 2, min, "return b < a ? b : a;", "Python's min of two"),
+    MathFunction("max", 2, max, "return b > a ? b : a;", "Python's max of two"),
+    MathFunction("copysign", 2, math.copysign, ("copysignf", "copysign"),
+                 "|a| with the sign of b"),
+    MathFunction("sign", 1, np.sign,
+                 "return a > (T)0 ? (T)1 : (a < (T)0 ? (T)-1 : (a == (T)0 ? (T)0 : a));",
+                 "-1, 0 or 1; NaN for NaN (numpy.sign)"),
+    MathFunction("exp", 1, math.exp, ("expf", "exp"), "e**x"),
+    MathFunction("log", 1, math.log, ("logf", "log"), "natural logarithm"),
+)}
+
+# The names a rule file imports from here.
+sqrt = math.sqrt
+copysign = math.copysign
+sign = np.sign
+exp = math.exp
+log = math.log
+# abs, min and max are Python's builtins.
+
+BINARY_OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+COMPARISONS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==",
+               ast.NotEq: "!="}
+
+
+class RuleLanguageError(TypeError):
+    """An element rule uses something outside the rule language."""
+
+
+def function_tree(function: Callable) -> ast.FunctionDef:
+    """The AST of ``function``'s own source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def body_statements(function: ast.FunctionDef) -> list[ast.stmt]:
+    """The statements of a rule, without its docstring."""
+    statements = function.body
+    if (statements and isinstance(statements[0], ast.Expr)
+            and isinstance(statements[0].value, ast.Constant)
+            and isinstance(statements[0].value.value, str)):
+        statements = statements[1:]
+    return statements
+
+
+class _Validator:
+    def __init__(self, name: str, arguments: tuple[str, ...], n_writes: int, globals_: dict):
+        self.name, self.n_writes, self.globals = name, n_writes, globals_
+        self.defined = set(arguments)
+
+    def fail(self, node, what: str):
+        raise RuleLanguageError(
+            f"rule {self.name!r}, line {getattr(node, 'lineno', '?')}: {what} is outside the "
+            "rule language (fusedopt.kernels.language: assignments, + - * /, comparisons, "
+            "x if c else y, and/or/not in conditions, numeric literals in comparisons, and "
+            f"the functions {', '.join(FUNCTIONS)})")
+
+    def statements(self, function: ast.FunctionDef) -> None:
+        if isinstance(function, ast.AsyncFunctionDef):
+            self.fail(function, "an async function")
+        statements = body_statements(function)
+        if not statements or not isinstance(statements[-1], ast.Return):
+            self.fail(function, "a rule that does not end with `return`")
+        for node in statements:
+            if isinstance(node, ast.Assign):
+                if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+                    self.fail(node, "an assignment to anything but one name")
+                self.value(node.value)
+                self.defined.add(node.targets[0].id)
+            elif isinstance(node, ast.Return):
+                if node is not statements[-1]:
+                    self.fail(node, "a `return` before the last statement")
+                values = (node.value.elts if isinstance(node.value, ast.Tuple)
+                          else [node.value])
+                if node.value is None or len(values) != self.n_writes:
+                    self.fail(node, f"returning {0 if node.value is None else len(values)} "
+                                    f"values for {self.n_writes} written arrays")
+                for value in values:
+                    self.value(value)
+            else:
+                self.fail(node, f"a {type(node).__name__} statement")
+
+    def value(self, node, in_comparison: bool = False) -> None:
+        if isinstance(node, ast.Name):
+            if node.id not in self.defined:
+                self.fail(node, f"the name {node.id!r} (not an argument or an earlier local)")
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                self.fail(node, f"the constant {node.value!r}")
+            if not math.isfinite(node.value):
+                self.fail(node, f"the non-finite constant {node.value!r}")
+            if not in_comparison:
+                self.fail(node, f"the literal {node.value!r} in arithmetic (a float64 in Numba; "
+                                "pass it as a host scalar)")
+        elif isinstance(node, ast.BinOp):
+            if type(node.op) not in BINARY_OPERATORS:
+                self.fail(node, f"the operator {type(node.op).__name__}")
+            self.value(node.left)
+            self.value(node.right)
+        elif isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.Not):
+                self.condition(node.operand)
+            elif isinstance(node.op, (ast.USub, ast.UAdd)):
+                self.value(node.operand, in_comparison)
+            else:
+                self.fail(node, f"the operator {type(node.op).__name__}")
+        elif isinstance(node, ast.Compare):
+            self.condition(node)
+        elif isinstance(node, ast.BoolOp):
+            self.fail(node, "`and`/`or` used as a value (use it in a condition)")
+        elif isinstance(node, ast.IfExp):
+            self.condition(node.test)
+            self.value(node.body)
+            self.value(node.orelse)
+        elif isinstance(node, ast.Call):
+            self.call(node)
+        else:
+            self.fail(node, f"a {type(node).__name__} expression")
+
+    def condition(self, node) -> None:
+        if isinstance(node, ast.BoolOp):
+            for value in node.values:
+                self.condition(value)
+        elif isinstance(node, ast.Compare):
+            if len(node.ops) != 1:
+                self.fail(node, "a chained comparison")
+            if type(node.ops[0]) not in COMPARISONS:
+                self.fail(node, f"the comparison {type(node.ops[0]).__name__}")
+            self.value(node.left, in_comparison=True)
+            self.value(node.comparators[0], in_comparison=True)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            self.condition(node.operand)
+        else:
+            self.value(node)
+
+    def call(self, node: ast.Call) -> None:
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else ast.unparse(func)
+        spec = FUNCTIONS.get(name) if isinstance(func, ast.Name) else None
+        if spec is None:
+            self.fail(node, f"the call {name}(...)")
+        bound = self.globals.get(name, __builtins__.get(name) if isinstance(__builtins__, dict)
+                                 else getattr(__builtins__, name, None))
+        if bound is not spec.python:
+            self.fail(node, f"the call {name}(...) (the name {name!r} is not bound to "
+                            f"fusedopt.kernels.language.{name})")
+        if node.keywords or len(node.args) != spec.arity:
+            self.fail(node, f"{name} with {len(node.args)} positional and "
+                            f"{len(node.keywords)} keyword arguments ({spec.arity} expected)")
+        for arg in node.args:
+            self.value(arg)
+
+
+def validate(function: Callable, arguments: tuple[str, ...], n_writes: int) -> None:
+    """Raise :class:`RuleLanguageError` naming the first construct outside the language."""
+    tree = function_tree(function)
+    _Validator(function.__name__, arguments, n_writes, function.__globals__).statements(tree)

@@ -1,0 +1,262 @@
+"""The stateful optimizer: state, step count, schedules, clipping, non-finite steps.
+
+An optimizer owns the state of its rule (``velocity``, ``sq_avg``,
+``exp_avg``/``exp_avg_sq``, ...), allocated on the parameters' device and
+dtype at the first step, and calls the same fused kernels as the functional API.
+Its class, hyperparameters and state all come from the rule's registry entry
+(:mod:`fusedopt.kernels.registry`); :mod:`fusedopt.optim.classes` generates one
+class per registered optimizer.
+
+Two ways to hand it parameters:
+
+* a :class:`~fusedopt.ParamArena` (the fast path): its state lives in flat
+  buffers laid out like the arena, and a step is **one kernel launch per dtype**
+  whatever the number of tensors; ``opt.step()`` reads the arena's gradients;
+* a list of arrays: one fused launch per tensor; ``opt.step(grads)``.
+
+Parameter groups are dicts, as in torch: ``[{"params": arena_or_list, "lr": ...,
+"schedule": ...}, ...]``; each key overrides the optimizer's default for that
+group. A schedule (any ``schedule(t) -> lr``, e.g. from :mod:`fusedopt.schedules`)
+is evaluated ``by="epoch"`` (default; ``t = opt.epoch``, which starts at 1 and
+advances when you call :meth:`Optimizer.next_epoch` after each pass over the
+training set) or ``by="step"`` (``t`` = the 1-based number of the update being
+made).
+
+``max_grad_norm`` clips by global norm and ``nonfinite="skip"``/``"raise"``
+catches NaN/inf gradients; both use one extra read of the gradients (a
+float64 sum of squares), and the clip factor enters the fused step as a
+scalar (``grad_scale``), so no pass writes the gradients. A skipped step
+leaves the parameters, the state and the step count as they were.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from fusedopt import _checks, backends
+from fusedopt.kernels import Hyper, Rule, Variant
+from fusedopt.kernels.dtypes import homogeneous
+from fusedopt.kernels.registry import GRAD_SCALE, flag
+from fusedopt.optim.checkpoint import Checkpointing
+from fusedopt.optim.groups import ParamGroup, checked_grad
+
+_GROUP_KEYS = {"params", "schedule"}
+
+
+class Optimizer(Checkpointing):
+    """Base class: see the module docstring. Subclasses set ``variant``."""
+
+    variant: ClassVar[Variant]
+
+    @classmethod
+    def hyper_specs(cls) -> tuple[Hyper, ...]:
+        """The constructor's hyperparameters: the variant's (less ``grad_scale``, which the
+        optimizer computes) and a flag per switch rule (``amsgrad``)."""
+        specs = [h for h in cls.variant.hyper if h.name != GRAD_SCALE.name]
+        for switch, rule in cls.variant.switches.items():
+            specs.append(flag(switch, False, f"run {rule.name} instead "
+                                             f"({rule.doc.splitlines()[0]})"))
+        return tuple(specs)
+
+    def __init__(self, params, *, schedule: Callable[[int], float] | None = None,
+                 by: str = "epoch", max_grad_norm: float | None = None,
+                 nonfinite: str | None = None, backend: str | None = None, **hyper):
+        name = type(self).__name__
+        specs = {h.name for h in self.hyper_specs()}
+        unknown = set(hyper) - specs
+        if unknown:
+            raise TypeError(f"{name}: unknown argument(s) {sorted(unknown)}; "
+                            f"{name} takes {sorted(specs)}")
+        if by not in ("epoch", "step"):
+            raise ValueError(f"{name}: by={by!r}; a schedule runs by 'epoch' or by 'step'")
+        if nonfinite not in (None, "skip", "raise"):
+            raise ValueError(f"{name}: nonfinite={nonfinite!r}; choose None (no check), 'skip' "
+                             "or 'raise'")
+        if max_grad_norm is not None:
+            max_grad_norm = _checks.real(name, "max_grad_norm", max_grad_norm, 0.0,
+                                         lo_open=True)
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"{name}: schedule must be callable, e.g. "
+                            "fo.schedules.exponential(0.01)")
+        self.by, self.max_grad_norm, self.nonfinite = by, max_grad_norm, nonfinite
+        defaults = self._validate(hyper, name)
+        self.groups: list[ParamGroup] = []
+        specs_list = (list(params) if isinstance(params, Sequence) and params
+                      and isinstance(params[0], dict) else [{"params": params}])
+        for index, spec in enumerate(specs_list):
+            if not isinstance(spec, dict) or "params" not in spec:
+                raise TypeError(f"{name}: group {index} must be a dict with a 'params' entry")
+            extra = set(spec) - _GROUP_KEYS - specs
+            if extra:
+                raise ValueError(f"{name}: group {index} has unknown key(s) {sorted(extra)}")
+            group_hyper = self._validate(
+                {**defaults, **{k: v for k, v in spec.items() if k in specs}},
+                f"{name} group {index}")
+            group_schedule = spec.get("schedule", schedule)
+            if group_schedule is not None and not callable(group_schedule):
+                raise TypeError(f"{name}: group {index} schedule must be callable")
+            self.groups.append(ParamGroup(spec["params"], group_hyper, group_schedule,
+                                          self.rule_for(group_hyper), index, name))
+        kinds = {g.kind for g in self.groups}
+        if len(kinds) > 1:
+            raise TypeError(f"{name}: NumPy and CuPy parameters mixed; one optimizer, one device")
+        kind = kinds.pop()
+        # A tensor given twice (or two overlapping views) would be updated twice per step.
+        _checks.no_overlap_among(name, "parameters", [p for g in self.groups
+                                                      for p in g.unit_params])
+        self.backend = _checks.backend_for(name, kind, backend)
+        self._impl = backends.get(self.backend)
+        self._xp = np if kind == "numpy" else __import__("cupy")
+        self.step_count = 0
+        self.epoch = 1
+        self.skipped_steps = 0
+        self.last_grad_norm: float | None = None
+
+    # ---------------------------------------------------------------- hyperparameters
+    @property
+    def rule(self) -> Rule:
+        """The rule of the first group (groups may differ by a switch such as ``amsgrad``)."""
+        return self.groups[0].rule
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.rule.state
+
+    def rule_for(self, hyper: dict) -> Rule:
+        """The rule checked ``hyper`` selects: a switch rule when its flag is set."""
+        for switch, rule in self.variant.switches.items():
+            if hyper.get(switch):
+                return rule
+        return self.variant.rule
+
+    def _validate(self, hyper: dict, where: str) -> dict:
+        """``hyper`` checked against :meth:`hyper_specs` (defaults filled in; named errors)."""
+        return _checks.hyperparameters(where, self.hyper_specs(), hyper)
+
+    def _launch_hyper(self, group: ParamGroup, lr: float, scale: float, step: int) -> dict:
+        """The hyperparameters the rule's host scalars take for this step."""
+        hyper = {k: v for k, v in group.hyper.items() if k not in self.variant.switches}
+        hyper.update(self.variant.fixed, lr=lr, grad_scale=scale)
+        if group.rule.needs_step:
+            hyper["step"] = step
+        return hyper
+
+    def _lr(self, group: ParamGroup, step: int) -> float:
+        if group.schedule is None:
+            return group.hyper["lr"]
+        t = self.epoch if self.by == "epoch" else step
+        return _checks.real(type(self).__name__, f"schedule({t})", group.schedule(t), 0.0)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses (of the first group)."""
+        return self._lr(self.groups[0], self.step_count + 1)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        value = _checks.real(type(self).__name__, "lr", value, 0.0)
+        if any(group.schedule is not None for group in self.groups):
+            raise ValueError(f"{type(self).__name__}: lr is set by the schedule; remove the "
+                             "schedule to set it by hand")
+        for group in self.groups:
+            group.hyper["lr"] = value
+
+    def next_epoch(self) -> int:
+        """Advance the epoch counter (call after each pass over the training set)."""
+        self.epoch += 1
+        return self.epoch
+
+    # --------------------------------------------------------------------------- step
+    def _units(self, grads) -> list[list[tuple]]:
+        """Per group, the (param, grad) pairs to launch over; every check before any write."""
+        name = type(self).__name__
+        list_groups = [g for g in self.groups if g.arena is None]
+        if grads is None:
+            if list_groups:
+                raise TypeError(f"{name}.step() needs grads: a sequence matching the "
+                                "parameters (only a ParamArena supplies its own)")
+            return [g.arena_grads() for g in self.groups]
+        if not list_groups:
+            raise TypeError(f"{name}.step(grads): this optimizer updates ParamArena(s); write "
+                            "the gradients into arena.grads and call step() with no arguments")
+        if isinstance(grads, (np.ndarray, str)) or not isinstance(grads, Sequence):
+            raise TypeError(f"{name}.step: grads must be a sequence of arrays, one per parameter")
+        expected = sum(len(g.tensors) for g in list_groups)
+        if len(grads) != expected:
+            raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
+                             "parameters; pass one per parameter, in order")
+        out, k = [], 0
+        for group in self.groups:
+            if group.arena is not None:
+                out.append(group.arena_grads())
+                continue
+            pairs = []
+            for p in group.tensors:
+                pairs.append((p, checked_grad(name, k, grads[k], p, group.kind)))
+                k += 1
+            out.append(pairs)
+        return out
+
+    def step(self, grads=None) -> bool:
+        """One update of every parameter; returns False when a non-finite step was skipped.
+
+        Args:
+            grads: one gradient per parameter, in order (NumPy/CuPy arrays or DLPack
+                tensors); ``None`` when the parameters are ParamArenas, whose
+                ``arena.grads`` are used.
+        """
+        units = self._units(grads)
+        t = self.step_count + 1
+        lrs = [self._lr(group, t) for group in self.groups]  # a bad schedule fails here, first
+        scale = 1.0
+        if self.max_grad_norm is not None or self.nonfinite is not None:
+            # One read of the gradients; on a GPU the partial sums stay on the device and the
+            # host reads their total once.
+            total = float(sum(self._impl.sum_of_squares(g) for pairs in units for _, g in pairs))
+            norm = math.sqrt(total) if total == total else math.nan
+            self.last_grad_norm = norm
+            if not math.isfinite(norm):
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(self._nonfinite_message(units))
+                if self.nonfinite == "skip":
+                    self.skipped_steps += 1
+                    warnings.warn(f"{type(self).__name__}: non-finite gradient, step "
+                                  f"{self.step_count + 1} skipped ({self.skipped_steps} so far)",
+                                  RuntimeWarning, stacklevel=2)
+                    return False
+            elif self.max_grad_norm is not None and norm + 1e-6 > self.max_grad_norm:
+                scale = self.max_grad_norm / (norm + 1e-6)  # as torch's clip_grad_norm_
+        for group in self.groups:
+            if group.state is None:
+                group.allocate(self._xp)
+        impl = self._impl
+        launches = []  # everything prepared before the first write
+        for group, pairs, lr in zip(self.groups, units, lrs, strict=True):
+            rule = group.rule
+            hyper = self._launch_hyper(group, lr, scale, t)
+            prepared = {}
+            for (p, g), state in zip(pairs, group.state, strict=True):
+                if p.dtype not in prepared:
+                    signature = homogeneous(rule.arrays, p.dtype)
+                    prepared[p.dtype] = impl.prepare(rule, hyper, signature)
+                launches.append((rule, (p, g, *state), prepared[p.dtype]))
+        for rule, arrays, scalars in launches:
+            impl.launch(rule, arrays, scalars)
+        self.step_count = t
+        return True
+
+    def _nonfinite_message(self, units) -> str:
+        bad = []
+        for gi, (group, pairs) in enumerate(zip(self.groups, units, strict=True)):
+            grads = (group.arena.grads if group.arena is not None else [g for _, g in pairs])
+            for k, g in enumerate(grads):
+                if not math.isfinite(self._impl.sum_of_squares(g)):
+                    bad.append(f"group {gi} tensor {k} {tuple(g.shape)}")
+        return (f"{type(self).__name__}: non-finite gradient at step {self.step_count + 1} in "
+                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was updated "
+                "(nonfinite='skip' skips such steps instead)")
