@@ -124,5 +124,5 @@ def ewa(average, value, *, beta):
     return (beta * average + (1 - beta) * value,)
 
 
-#: name -> reference function, the same names as :data:`fusedopt.kernels.rules.RULES`.
+#: name -> reference function, the same names as :data:`fusedopt.kernels.RULES`.
 REFERENCE = {f.__name__: f for f in (sgd, momentum, rmsprop, adam, amsgrad, nadam, lion, ewa)}

@@ -1,0 +1,36 @@
+"""Hyperparameters, documentation and helpers the rule files share."""
+
+from __future__ import annotations
+
+from fusedopt.kernels.registry import beta, flag, real
+
+__all__ = ["BETA1", "BETA2", "BIAS_CORRECTION", "DECOUPLED", "EPS", "EXP_AVG_DOC",
+           "EXP_AVG_SQ_DOC", "LR_DOC", "WEIGHT_DECAY", "adam_like_torch", "weight_decay_split"]
+
+LR_DOC = "learning rate alpha"
+WEIGHT_DECAY = real("weight_decay", 0.0, "L2 coefficient lambda, added to the gradient",
+                    symbol=r"\lambda")
+EPS = real("eps", 1e-8, "added to the denominator's square root", symbol=r"\epsilon")
+BETA1 = beta("beta1", 0.9, "decay of the first moment", r"\beta_1")
+BETA2 = beta("beta2", 0.999, "decay of the second moment", r"\beta_2")
+DECOUPLED = flag("decoupled_weight_decay", False,
+                 "AdamW-style: shrink the parameter by (1 - lr*weight_decay) instead of adding "
+                 "weight_decay*param to the gradient")
+BIAS_CORRECTION = flag("bias_correction", True, "divide the moments by 1 - beta**step")
+EXP_AVG_DOC = "first moment m, an exponentially weighted average of the gradients (start at 0)"
+EXP_AVG_SQ_DOC = "second moment v, an average of the squared gradients (start at 0)"
+
+
+def weight_decay_split(lr: float, weight_decay: float, decoupled: bool) -> tuple[float, float]:
+    """(param_scale, coupled_decay): AdamW shrinks the parameter, Adam adds to the gradient."""
+    return (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
+
+
+def adam_like_torch(name_if_decoupled: str, name: str, **extra):
+    def equivalent(h: dict):
+        if not h.get("bias_correction", True):
+            return None
+        return (name_if_decoupled if h["decoupled_weight_decay"] else name,
+                dict(lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"],
+                     weight_decay=h["weight_decay"], **extra))
+    return equivalent

@@ -1,0 +1,47 @@
+"""RMSprop: each coordinate's step divided by the root mean square of its gradients."""
+
+from __future__ import annotations
+
+from fusedopt.kernels.language import sqrt
+from fusedopt.kernels.registry import (
+    GRAD_DOC,
+    GRAD_SCALE,
+    PARAM_DOC,
+    REQUIRED,
+    beta,
+    real,
+    register,
+)
+from fusedopt.kernels.rules._common import EPS, LR_DOC, WEIGHT_DECAY
+
+
+# ----------------------------------------------------------------------- RMSprop
+def rmsprop_scalars(*, lr: float, beta: float, eps: float, weight_decay: float,
+                    grad_scale: float) -> tuple[float, ...]:
+    """Host scalars of :func:`rmsprop`."""
+    return (grad_scale, lr, beta, 1.0 - beta, eps, weight_decay)
+
+
+@register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+                  "sq_avg": "running average of the squared gradients s (start at 0)"},
+          writes=("param", "sq_avg"), host_scalars=rmsprop_scalars,
+          hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"),
+                 beta("beta", 0.99, "decay of the squared-gradient average (torch's alpha)"),
+                 EPS, WEIGHT_DECAY, GRAD_SCALE),
+          typical_lr=3e-3, nonnegative=("sq_avg",), optimizer="RMSprop",
+          torch_equivalent=lambda h: ("RMSprop", dict(lr=h["lr"], alpha=h["beta"], eps=h["eps"],
+                                                      weight_decay=h["weight_decay"])))
+def rmsprop(param, grad, sq_avg, grad_scale, lr, beta, one_minus_beta, eps, weight_decay):
+    r"""Root mean square propagation.
+
+    .. math::
+        g = c\nabla + \lambda\theta,\quad
+        s \leftarrow \beta s + (1-\beta) g^2,\quad
+        \theta \leftarrow \theta - \alpha\, g / (\sqrt{s} + \epsilon)
+
+    ``eps`` outside the square root, as torch.optim.RMSprop (``alpha=beta``);
+    :math:`c` is ``grad_scale``.
+    """
+    g = grad * grad_scale + weight_decay * param
+    sq_avg = beta * sq_avg + one_minus_beta * g * g
+    return param - lr * g / (sqrt(sq_avg) + eps), sq_avg
