@@ -8,6 +8,7 @@ planner and profiler, and the demo.
 ``batches``    :func:`minibatches`: the lecture's shuffle-and-partition
 ``planner``    the memory model and :func:`plan_batch_size`
 ``profile``    :func:`profile_batch_sizes`: throughput and time-to-cost per size
+``profile_report``  its results: table, JSON and plots
 ``demo``       ``fusedopt demo``
 =============  =================================================================
 """

@@ -115,7 +115,7 @@ def plot(result: DemoResult, out: str, optimizer: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fusedopt.train.profile import smoothed
+    from fusedopt.train.profile_report import smoothed
 
     os.makedirs(out, exist_ok=True)
     steps = np.arange(1, len(result.costs) + 1)

@@ -20,7 +20,8 @@ from fusedopt.kernels.rules._common import (
 )
 
 # -------------------------------------------------------------------------- NAdam
-_MU_PRODUCTS: dict[tuple[float, float], tuple[int, float]] = {}
+_MARK_EVERY = 1024  # steps between the products kept, so any step is < 1024 products away
+_MU_PRODUCTS: dict[tuple[float, float], tuple[list[float], int, float]] = {}
 _MU_LOCK = threading.Lock()
 
 
@@ -33,18 +34,25 @@ def nadam_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
     r""":math:`\prod_{i=1}^{t} \mu_i`, multiplied in order as torch does (bit-identical).
 
     Memoised per (beta1, momentum_decay): the next step costs one multiplication;
-    another step (a resumed run) recomputes the product from the start, in the
-    same order, so a resumed run equals an unbroken one.
+    any other step (a resumed run, another optimizer with the same betas at another
+    step) starts from the nearest kept product below it, every 1024 steps. The
+    products are always the same left-to-right sequence, so a resumed run equals an
+    unbroken one.
     """
     key = (beta1, momentum_decay)
     with _MU_LOCK:
-        cached_step, product = _MU_PRODUCTS.get(key, (0, 1.0))
-        if step < cached_step:
-            cached_step, product = 0, 1.0
-        for t in range(cached_step + 1, step + 1):
-            product *= nadam_mu(beta1, momentum_decay, t)
-        _MU_PRODUCTS[key] = (step, product)
-    return product
+        marks, last_step, last = _MU_PRODUCTS.get(key, ([1.0], 0, 1.0))
+        if step == last_step:
+            return last
+        if step < last_step or step > last_step + _MARK_EVERY:
+            mark = min(step // _MARK_EVERY, len(marks) - 1)
+            last_step, last = mark * _MARK_EVERY, marks[mark]
+        for t in range(last_step + 1, step + 1):
+            last *= nadam_mu(beta1, momentum_decay, t)
+            if t % _MARK_EVERY == 0 and t // _MARK_EVERY == len(marks):
+                marks.append(last)
+        _MU_PRODUCTS[key] = (marks, step, last)
+    return last
 
 
 def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: float,
