@@ -82,6 +82,8 @@ def driver_source(rule: Rule, signature: Signature) -> str:
     # Numba casts a float on assignment into an array of another float dtype.
     stores = "".join(f"        {w}[i] = out_{w}\n" for w in rule.writes)
     unpack = ", ".join(f"scalars[{k}]" for k in range(len(rule.scalars)))
+    unpack_line = f"    {scalars}, = {unpack}\n" if rule.scalars else ""
+    call_args = ", ".join([elements, scalars] if rule.scalars else [elements])
     # Overlap is checked here, before the loop, where comparing addresses costs nothing
     # (from Python it is most of the per-call overhead); code k > 0 names pair k - 1.
     overlap = "".join(f"    if _overlap({a}, {b}):\n        return {k + 1}\n"
@@ -94,9 +96,9 @@ def driver_source(rule: Rule, signature: Signature) -> str:
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
             f"def {driver_name(rule, signature, kind)}({arrays}, scalars):\n"
             f"{overlap}"
-            f"    {scalars}, = {unpack}\n"
+            f"{unpack_line}"
             f"    for i in {loop_range}({rule.arrays[0]}.size):\n"
-            f"        {outputs}, = {element}({elements}, {scalars})\n"
+            f"        {outputs}, = {element}({call_args})\n"
             f"{stores}"
             "    return 0\n\n")
     first_read_only = next(a for a in rule.arrays if a not in rule.writes)

@@ -42,6 +42,25 @@ _lock = threading.Lock()
 _module: ModuleType | None = None
 
 
+def _register_language() -> None:
+    """Teach Numba the language's functions it does not compile natively with their meaning."""
+    from numba.extending import overload
+    from numba.np.numpy_support import as_dtype
+
+    def typer_for(make, arity):  # the typing function takes exactly the call's arguments
+        if arity == 1:
+            return lambda x: make(as_dtype(x))
+        return lambda a, b: make(as_dtype(a))
+
+    for function in language.FUNCTIONS.values():
+        if function.numba is not None:
+            overload(function.python, inline="always")(typer_for(function.numba,
+                                                                 function.arity))
+
+
+_register_language()
+
+
 def is_available() -> tuple[bool, str]:
     """Numba is a requirement; report its version and threads."""
     try:

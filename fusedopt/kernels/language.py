@@ -29,7 +29,7 @@ Python function bound here, which is what the rules run as on plain floats:
                       and ``b`` is not smaller)
 ``max(a, b)``  2      ``b if b > a else a`` (Python's ``max``)
 ``copysign``   2      ``|a|`` with the sign of ``b``
-``sign(x)``    1      -1, 0 or 1 (``sign(-0.0) = 0``); NaN for NaN (``numpy.sign``)
+``sign(x)``    1      -1, +0 or 1 (``sign(-0.0) = +0``); NaN for NaN (``numpy.sign``)
 ``exp(x)``     1      e**x
 ``log(x)``     1      natural logarithm
 =============  =====  ===========================================================
@@ -52,9 +52,12 @@ class MathFunction:
     """A function a rule may call, and how each backend spells it.
 
     ``python`` is the meaning, and the object the rule's global name must be
-    bound to (Numba compiles calls of it natively). ``cuda`` is either a pair
-    of C names (float, double) or, for functions C has no exact match for, the
-    body of a ``__device__`` helper in the compute type ``T``.
+    bound to. ``numba`` is None where Numba compiles calls of ``python``
+    natively with the same meaning; otherwise a function of a NumPy dtype
+    returning the implementation Numba compiles for arguments of that dtype
+    (the Numba backend registers it as an overload of ``python``). ``cuda`` is
+    either a pair of C names (float, double) or, for functions C has no exact
+    match for, the body of a ``__device__`` helper in the compute type ``T``.
     """
 
     name: str
@@ -62,6 +65,32 @@ class MathFunction:
     python: Callable
     cuda: tuple[str, str] | str
     doc: str
+    numba: Callable[[np.dtype], Callable] | None = None
+
+
+def _sign(x: float) -> float:
+    """numpy.sign of one float: -1, 1, +0 for either zero, NaN for NaN."""
+    if x > 0:
+        return 1.0
+    if x < 0:
+        return -1.0
+    return 0.0 if x == 0 else x
+
+
+def _sign_for_numba(dtype: np.dtype) -> Callable:
+    """``sign`` for Numba in ``dtype`` (Numba's own np.sign keeps the sign of -0.0)."""
+    one, zero = dtype.type(1), dtype.type(0)
+
+    def sign(x):
+        if x > zero:
+            return one
+        if x < zero:
+            return -one
+        if x == zero:
+            return zero
+        return x
+
+    return sign
 
 
 FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
@@ -73,9 +102,9 @@ FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
     MathFunction("max", 2, max, "return b > a ? b : a;", "Python's max of two"),
     MathFunction("copysign", 2, math.copysign, ("copysignf", "copysign"),
                  "|a| with the sign of b"),
-    MathFunction("sign", 1, np.sign,
+    MathFunction("sign", 1, _sign,
                  "return a > (T)0 ? (T)1 : (a < (T)0 ? (T)-1 : (a == (T)0 ? (T)0 : a));",
-                 "-1, 0 or 1; NaN for NaN (numpy.sign)"),
+                 "-1, +0 or 1; NaN for NaN (numpy.sign)", _sign_for_numba),
     MathFunction("exp", 1, math.exp, ("expf", "exp"), "e**x"),
     MathFunction("log", 1, math.log, ("logf", "log"), "natural logarithm"),
 )}
@@ -83,7 +112,7 @@ FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
 # The names a rule file imports from here.
 sqrt = math.sqrt
 copysign = math.copysign
-sign = np.sign
+sign = _sign
 exp = math.exp
 log = math.log
 # abs, min and max are Python's builtins.
