@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fusedopt.backends import cupy_cuda
+from fusedopt.backends import cuda_codegen, cupy_cuda
 from fusedopt.kernels import RULES, Rule
 
 DTYPES = ("float32", "float64")
@@ -33,6 +33,7 @@ SHIM = """
 struct fusedopt_dim3 { unsigned int x, y, z; };
 static fusedopt_dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct float4 { float x, y, z, w; };
+struct float2 { float x, y; };
 struct double2 { double x, y; };
 #define __global__
 #define __device__
@@ -40,11 +41,13 @@ struct double2 { double x, y; };
 """
 
 
-def launcher(rule: Rule, dtype: str, kernel: str) -> str:
-    """C++ for ``launch_<kernel>(grid, block, <kernel's arguments>)``."""
-    ctype = {"float32": "float", "float64": "double"}[dtype]
-    params = [f"{'' if a in rule.writes else 'const '}{ctype}* {a}" for a in rule.arrays]
-    params += [f"{ctype} {s}" for s in rule.scalars] + ["long long n"]
+def launcher(rule: Rule, dtype, kernel: str) -> str:
+    """C++ for ``launch_<kernel>(grid, block, <kernel's arguments>)``; ``dtype`` is one dtype
+    for every array or a Signature (each array its own storage type)."""
+    sig = cuda_codegen.signature_of(rule, dtype)
+    params = [f"{'' if a in rule.writes else 'const '}{cuda_codegen.CTYPE[d]}* {a}"
+              for a, d in zip(rule.arrays, sig.storage, strict=True)]
+    params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars] + ["long long n"]
     names = [*rule.arrays, *rule.scalars, "n"]
     return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
             f'{", ".join(params)}) {{\n'

@@ -129,3 +129,46 @@ def test_matrix_inputs_are_viewed_as_plain_arrays():
     g = np.asmatrix(np.full((2, 3), 2.0, np.float32))
     fo.sgd_(p, g, lr=0.25)
     np.testing.assert_array_equal(np.asarray(p), 0.5)
+
+
+# ------------------------------------- every hyperparameter of every rule, from its range
+def _bad_values(h):
+    """(value, error) pairs each hyperparameter must refuse, from its registry range."""
+    if h.kind == "flag":
+        return [(1, TypeError), ("yes", TypeError)]
+    out = [("0.1", TypeError), (float("nan"), ValueError), (float("inf"), ValueError)]
+    if h.lo is not None:
+        out.append((h.lo if h.lo_open else h.lo - 0.5, ValueError))
+    if h.hi is not None:
+        out.append((h.hi if h.hi_open else h.hi + 0.5, ValueError))
+    return out
+
+
+def _cases():
+    from fusedopt.kernels import VARIANTS
+
+    for v in VARIANTS.values():
+        for h in v.hyper:
+            for value, error in _bad_values(h):
+                yield pytest.param(v.name, h.name, value, error,
+                                   id=f"{v.name}-{h.name}-{value!r}")
+
+
+@pytest.mark.parametrize("variant, name, value, error", list(_cases()))
+def test_every_hyperparameter_is_checked_against_its_range(variant, name, value, error):
+    from rule_table import RULE_INFO
+
+    from fusedopt.kernels import VARIANTS
+
+    v = VARIANTS[variant]
+    rng = np.random.default_rng(0)
+    arrays = [np.abs(rng.standard_normal(4)).astype(np.float32) for _ in v.rule.arrays]
+    before = [a.copy() for a in arrays]
+    kwargs = {k: val for k, val in RULE_INFO[v.rule.name].sample_hyper.items()
+              if k in {h.name for h in v.hyper} or k == "step"}
+    kwargs[name] = value
+    with pytest.raises(error) as info:
+        getattr(fo, variant + "_")(*arrays, **kwargs)
+    assert str(info.value).startswith(f"{variant}_: {name}")
+    for b, a in zip(before, arrays, strict=True):
+        np.testing.assert_array_equal(b, a)

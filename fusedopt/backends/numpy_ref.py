@@ -22,6 +22,10 @@ def is_available() -> tuple[bool, str]:
 
 def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple[dict, Signature]:
     """The reference takes the public hyperparameters as they are."""
+    if rule.name not in REFERENCE:
+        raise ValueError(f"{rule.name}_: backend='numpy' runs the rule's NumPy oracle, and "
+                         f"{rule.name!r} has none; add one to "
+                         "fusedopt.kernels.reference.REFERENCE, or use backend='numba'")
     return hyper, signature
 
 
