@@ -20,7 +20,7 @@ SIZES = ([int(x) for x in os.environ["FUSEDOPT_BENCH_SIZES"].split(",")]
 
 @pytest.mark.parametrize("impl", bench.IMPLS)
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("rule", ["adam", "momentum", "rmsprop"])
+@pytest.mark.parametrize("rule", bench.bench_rules())  # every optimizer rule of the registry
 def test_update_step(benchmark, rule, n, impl):
     step = bench.make_step(rule, impl, n)
     if step is None:
