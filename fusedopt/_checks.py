@@ -37,8 +37,12 @@ def ranges_overlap(a, b) -> bool:
     return a.data.ptr < b.data.ptr + b.nbytes and b.data.ptr < a.data.ptr + a.nbytes
 
 
-def no_overlap_among(fname: str, what: str, arrays: list) -> None:
-    """Raise if any two of many contiguous arrays share memory (sorted by address: n log n)."""
+def no_overlap_among(fname: str, what: str, arrays: list, names: list[str] | None = None
+                     ) -> None:
+    """Raise if any two of many contiguous arrays share memory (sorted by address: n log n).
+
+    ``names`` (one per array) name the culprits; otherwise ``what`` and their indices do.
+    """
     spans = []
     for k, a in enumerate(arrays):
         if a.size:
@@ -49,8 +53,43 @@ def no_overlap_among(fname: str, what: str, arrays: list) -> None:
     for (dev_a, _, end_a, k_a), (dev_b, start_b, _, k_b) in itertools.pairwise(spans):
         if dev_a == dev_b and start_b < end_a:
             first, second = sorted((k_a, k_b))
+            if names is not None:
+                raise ValueError(f"{fname}: {names[first]} and {names[second]} share memory; "
+                                 f"each of the {what} needs its own")
             raise ValueError(f"{fname}: {what} {first} and {second} share memory (the same "
                              "array given twice?); each parameter must have its own memory")
+
+
+def _root(a) -> int:
+    """The id of the ndarray that owns ``a``'s memory (the end of its ``.base`` chain)."""
+    while isinstance(a.base, _NDARRAY):
+        a = a.base
+    return id(a)
+
+
+def no_alias(fname: str, written: list, written_names: list[str], read: list,
+             read_names: list[str]) -> None:
+    """Raise if any array of ``read`` shares memory with any array of ``written``.
+
+    NumPy arrays are grouped by the array that owns their memory, and only views
+    of one owner are compared (no address is read: fast for hundreds of tensors);
+    CuPy arrays are compared by their device address ranges, sorted.
+    """
+    if not written or not read:
+        return
+    if isinstance(written[0], _NDARRAY):
+        owners: dict[int, list[int]] = {}
+        for i, a in enumerate(written):
+            owners.setdefault(_root(a), []).append(i)
+        for j, r in enumerate(read):
+            for i in owners.get(_root(r), ()):
+                if ranges_overlap(written[i], r):
+                    raise ValueError(f"{fname}: {read_names[j]} shares memory with "
+                                     f"{written_names[i]}, which the step writes; pass "
+                                     "gradients in their own memory")
+        return
+    no_overlap_among(fname, "parameters, their state and the gradients", written + read,
+                     written_names + read_names)
 
 
 def _converted(fname, names, values, kinds):
@@ -146,7 +185,11 @@ def real(fname: str, name: str, value, lo: float | None = None, hi: float | None
         return value  # the common case, kept cheap (x - x == 0 only when x is finite)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{fname}: {name} must be a real number, not {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except (OverflowError, ValueError):  # an int beyond float64's range, e.g. 10**400
+        raise ValueError(f"{fname}: {name}={short(value)} is beyond float64's range; pass a "
+                         "finite number") from None
     if not math.isfinite(value):
         raise ValueError(f"{fname}: {name}={value} is not finite; pass a finite number")
     if lo is not None and (value < lo or (lo_open and value == lo)):
@@ -170,12 +213,25 @@ def flag(fname: str, name: str, value) -> bool:
     return bool(value)
 
 
+#: The largest step or epoch count: exactly representable in float64 (the host scalars
+#: raise betas to it), and far beyond any training run.
+MAX_COUNT = 2**53
+
+
+def short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} digits)"
+
+
 def count(fname: str, name: str, value, what: str, hint: str) -> int:
-    """A 1-based count: ``what`` it counts and a ``hint`` for the messages."""
+    """A 1-based count up to :data:`MAX_COUNT`: ``what`` it counts, a ``hint`` for messages."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{fname}: {name} must be an int ({what}), not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{fname}: {name}={value} is out of range; {hint}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{fname}: {name}={short(value)} is out of range; it must be at most "
+                         f"2**53 ({what})")
     return int(value)
 
 
@@ -205,3 +261,22 @@ def hyperparameters(fname: str, specs: tuple[Hyper, ...], values: dict) -> dict:
             out[h.name] = real(fname, h.name, value, h.lo, h.hi, lo_open=h.lo_open,
                                hi_open=h.hi_open)
     return out
+
+
+def output_dir(fname: str, name: str, path) -> str:
+    """``path`` as a folder that exists and takes new files, made now if needed: checked
+    before any work, so a run never ends in an error about where its results go."""
+    import os
+    import tempfile
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fname}: {name} must be a folder path, not {type(path).__name__}")
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{fname}: {name}={path!r} cannot hold the output "
+                         f"({exc.strerror or exc}); pass a writable folder") from None
+    return path

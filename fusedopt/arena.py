@@ -9,6 +9,7 @@ write straight into the buffers, e.g. ``np.matmul(dZ, A.T, out=arena.grads[i])``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Integral
 
@@ -54,7 +55,7 @@ def layout(shapes, dtypes) -> tuple[list[tuple[np.dtype, int, int]], dict[np.dty
     places, totals = [], {}
     for shape, dt in zip(shapes, dtypes, strict=True):
         dt = np.dtype(dt)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
         step = ALIGN_BYTES // dt.itemsize
         offset = -(-totals.get(dt, 0) // step) * step
         places.append((dt, offset, size))
@@ -146,9 +147,17 @@ class ParamArena:
                             for dt, n in totals.items()}
         self.params = self.views({dt: bufs[0] for dt, bufs in self.buffers.items()})
         self.grads = self.views({dt: bufs[1] for dt, bufs in self.buffers.items()})
-        for view, source in zip(self.params, sources, strict=True):
-            if source is not None:
+        for i, (view, source) in enumerate(zip(self.params, sources, strict=True)):
+            if source is None:
+                continue
+            with np.errstate(over="ignore"):  # an overflow is reported below, by name
                 view[...] = source  # copies (and converts the dtype where asked)
+            if np.dtype(source.dtype) != view.dtype and bool(
+                    (module.isinf(view) & ~module.isinf(source)).any()):
+                raise ValueError(f"ParamArena: arrays_or_shapes[{i}] holds finite values beyond "
+                                 f"{view.dtype}'s range (largest {np.finfo(view.dtype).max:.4g});"
+                                 f" they would become inf: rescale them or keep "
+                                 f"dtype={np.dtype(source.dtype).name}")
 
     def views(self, flat: dict) -> list:
         """Per-tensor views, in the original shapes, of one flat buffer per dtype."""

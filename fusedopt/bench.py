@@ -156,6 +156,17 @@ def make_step(rule_name: str, impl: str, n: int, dtype=np.float32,
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
 
 
+def _timing(min_repeats, min_seconds) -> tuple[int, float]:
+    """The rounds and seconds to sample for, defaulted and checked (at least one round)."""
+    from fusedopt import _checks
+
+    min_repeats = config.BENCH_MIN_REPEATS if min_repeats is None else min_repeats
+    min_seconds = config.BENCH_MIN_SECONDS if min_seconds is None else min_seconds
+    min_repeats = _checks.count("bench", "min_repeats", min_repeats, "timed rounds",
+                                "at least one round is timed")
+    return min_repeats, _checks.real("bench", "min_seconds", min_seconds, 0.0)
+
+
 def _inner_calls(step: Callable[[], None], target_s: float = 2e-3) -> int:
     """How many calls make one timing sample long enough for the clock."""
     start = time.perf_counter()
@@ -191,8 +202,7 @@ def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = No
             min_seconds: float | None = None, dtype=np.float32,
             progress: Callable[[str], None] | None = None) -> list[Result]:
     """Time ``impls`` of ``rule_name`` at ``n`` elements, round-robin; medians per call."""
-    min_repeats = config.BENCH_MIN_REPEATS if min_repeats is None else min_repeats
-    min_seconds = config.BENCH_MIN_SECONDS if min_seconds is None else min_seconds
+    min_repeats, min_seconds = _timing(min_repeats, min_seconds)
     steps = {}
     for impl in impls:
         step = make_step(rule_name, impl, n, dtype)
@@ -273,8 +283,7 @@ def measure_model(impls=MODEL_IMPLS, *, shapes=None, min_repeats: int | None = N
                   min_seconds: float | None = None) -> list[dict]:
     """Adam over the 157-tensor set: each implementation's median step, and the ratios."""
     shapes = transformer_like_shapes() if shapes is None else shapes
-    min_repeats = config.BENCH_MIN_REPEATS if min_repeats is None else min_repeats
-    min_seconds = config.BENCH_MIN_SECONDS if min_seconds is None else min_seconds
+    min_repeats, min_seconds = _timing(min_repeats, min_seconds)
     steps = {}
     for impl in impls:
         step = make_model_step(impl, shapes)

@@ -46,8 +46,9 @@ def _int_list(text: str) -> list[int]:
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of sizes") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("sizes must be positive integers, e.g. 4096,1048576")
+    if not values or min(values) < 1 or max(values) > 2**62:
+        raise argparse.ArgumentTypeError("sizes must be integers from 1 to 2**62, e.g. "
+                                         "4096,1048576")
     return values
 
 
@@ -197,6 +198,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
 def _batch_size(text: str):
     return "plan" if text == "plan" else _positive_int(text)
 
@@ -269,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated element counts (default: %(default)s)")
     b.add_argument("--impls", type=lambda s: s.split(","), default=list(bench.IMPLS),
                    help="comma-separated implementations (default: %(default)s)")
-    b.add_argument("--repeats", type=int, default=config.BENCH_MIN_REPEATS,
+    b.add_argument("--repeats", type=_positive_int, default=config.BENCH_MIN_REPEATS,
                    help="minimum timed rounds per case (default: %(default)s)")
-    b.add_argument("--seconds", type=float, default=config.BENCH_MIN_SECONDS,
+    b.add_argument("--seconds", type=_non_negative_float, default=config.BENCH_MIN_SECONDS,
                    help="minimum seconds per case (default: %(default)s)")
     b.add_argument("--model", action="store_true",
                    help="instead: Adam over a 157-tensor transformer-like model (10.8M fp32 "
@@ -335,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                     if bad_rules else
                     f"--impls {','.join(bad_impls)}: choose from {','.join(bench.IMPLS)}")
             parser.error(what)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:  # the library's named errors: one line, status 2
+        print(f"fusedopt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run() -> int:

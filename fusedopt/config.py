@@ -6,6 +6,31 @@ Change a value here, not in the modules that read it.
 from __future__ import annotations
 
 import os
+import warnings
+
+
+def _env_int(name: str, default: int, lo: int = 1, hi: int = 2**62) -> int:
+    """An integer from the environment variable ``name``; a bad value warns (naming the
+    variable) and keeps ``default``, so a typo never breaks ``import fusedopt``."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip(), 0)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        warnings.warn(f"fusedopt: ignoring {name}={raw!r} (expected an integer from {lo} to "
+                      f"{hi}); using {default}", RuntimeWarning, stacklevel=2)
+        return default
+    return value
+
+
+def _env_path(name: str, default: str) -> str:
+    """A path from the environment; unset or empty means ``default`` (an empty value must not
+    mean the current directory)."""
+    raw = os.environ.get(name, "")
+    return raw if raw.strip() else default
 
 #: Arrays with at least this many elements run the Numba ``prange`` driver;
 #: smaller ones run the serial driver, where starting the worker threads costs
@@ -13,13 +38,13 @@ import os
 #: 2-core AVX-512 machine (fp32 Adam): serial 2.8 us vs parallel 3.3 us at 2^14,
 #: 5.2 us vs 4.9 us at 2^15, so the parallel driver starts at 2^15.
 #: Override with the environment variable ``FUSEDOPT_PARALLEL_MIN_SIZE``.
-NUMBA_PARALLEL_MIN_SIZE: int = int(os.environ.get("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 15))
+NUMBA_PARALLEL_MIN_SIZE: int = _env_int("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 15, lo=0)
 
 #: Where generated Numba driver modules (and Numba's on-disk cache of their
 #: machine code) are kept, so that the JIT compile is paid once per machine.
-CACHE_DIR: str = os.environ.get(
+CACHE_DIR: str = _env_path(
     "FUSEDOPT_CACHE_DIR",
-    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fusedopt"),
+    os.path.join(_env_path("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fusedopt"),
 )
 
 #: Benchmark defaults for ``fusedopt bench``: sizes (fp32 elements) and repeats.
@@ -30,8 +55,8 @@ BENCH_MIN_SECONDS: float = 0.3
 #: CUDA launch shape for the CuPy backend: threads per block, and blocks per
 #: multiprocessor before the grid-stride loop takes over (enough resident warps
 #: to hide memory latency on a memory-bound kernel).
-CUDA_THREADS_PER_BLOCK: int = int(os.environ.get("FUSEDOPT_CUDA_THREADS", 256))
-CUDA_BLOCKS_PER_SM: int = int(os.environ.get("FUSEDOPT_CUDA_BLOCKS_PER_SM", 8))
+CUDA_THREADS_PER_BLOCK: int = _env_int("FUSEDOPT_CUDA_THREADS", 256, lo=32, hi=1024)
+CUDA_BLOCKS_PER_SM: int = _env_int("FUSEDOPT_CUDA_BLOCKS_PER_SM", 8, lo=1, hi=64)
 
 #: Use the 128-bit (float4/double2) kernel when every array is 16-byte aligned.
 #: ``FUSEDOPT_CUDA_VECTOR_LOADS=0`` forces the one-element kernel (for comparison).

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fusedopt import _checks
+from fusedopt.backends.base import ScalarRangeError
 from fusedopt.kernels import VARIANTS, Hyper, Variant
 
 _BACKEND_DOC = "None (by array type), \"numba\", \"cupy\" or \"numpy\" (the reference)"
@@ -89,10 +90,13 @@ def make_function(v: Variant) -> Callable[..., None]:
               f"    hyper = {{{', '.join(entries)}}}\n"
               f"    impl, arrays, signature = _arrays(_F, _NAMES, ({', '.join(rule.arrays)},), "
               "_WRITES, backend)\n"
-              "    impl.update(_RULE, arrays, hyper, signature)\n")
+              "    try:\n"
+              "        impl.update(_RULE, arrays, hyper, signature)\n"
+              "    except _ScalarRangeError as exc:\n"
+              "        raise ValueError(f'{_F}: {exc}') from None\n")
     namespace = {"_F": fname, "_NAMES": rule.arrays, "_WRITES": rule.writes, "_RULE": rule,
                  "_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
-                 "_arrays": _checks.arrays}
+                 "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError}
     exec(compile(source, f"<fusedopt.functional.{fname}>", "exec", dont_inherit=True), namespace)
     function = namespace[fname]
     function.__module__ = __name__

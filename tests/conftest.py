@@ -82,9 +82,9 @@ def host_cupy(host_library, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", module)
     cupy_cuda._kernel.cache_clear()
     cupy_cuda._multiprocessors.cache_clear()
-    cupy_cuda._sum_of_squares_kernel.cache_clear()
+    cupy_cuda._norm_kernels.cache_clear()
     HostRawKernel.launches = []
     yield module
     cupy_cuda._kernel.cache_clear()
     cupy_cuda._multiprocessors.cache_clear()
-    cupy_cuda._sum_of_squares_kernel.cache_clear()
+    cupy_cuda._norm_kernels.cache_clear()

@@ -143,12 +143,20 @@ class HostRawKernel:
                                                       ctypes.c_uint(block[0]), *converted)
 
 
-def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map, identity, name):
-    assert name == "fusedopt_sum_of_squares" and map_expr == "(double)x * (double)x"
+def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name):
+    """cupy.ReductionKernel for fusedopt's norm reductions, computed with NumPy."""
+    from fusedopt.backends import numpy_ref
+
+    parts = {"fusedopt_sum_of_squares": None, "fusedopt_norm_big": 0, "fusedopt_norm_med": 1,
+             "fusedopt_norm_small": 2}
+    assert name in parts and reduce_expr == "a + b", name
 
     def run(x):
-        x = np.asarray(x, dtype=np.float64)
-        return np.float64(np.sum(x * x))
+        x = np.asarray(x)
+        if parts[name] is None:
+            x = x.astype(np.float64)
+            return np.float64(np.sum(x * x))
+        return np.float64(numpy_ref.norm_sums(x)[parts[name]])
 
     return run
 

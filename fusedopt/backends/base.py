@@ -17,8 +17,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from fusedopt.kernels.dtypes import Signature
 from fusedopt.kernels.registry import Rule
+
+_LARGEST = {np.dtype(np.float32): float(np.finfo(np.float32).max),
+            np.dtype(np.float64): float(np.finfo(np.float64).max)}
 
 
 @runtime_checkable
@@ -43,8 +48,9 @@ class Backend(Protocol):
         """``launch(rule, arrays, prepare(rule, hyper, signature))``."""
         ...
 
-    def sum_of_squares(self, array) -> Any:
-        """``sum(x*x)`` in float64 (a float, or a 0-d device array on a GPU)."""
+    def norm_sums(self, array) -> tuple:
+        """The three scaled sums of squares of :func:`norm_from_sums` (floats, or 0-d device
+        arrays on a GPU: nothing waits for the device until they are read)."""
         ...
 
 
@@ -52,3 +58,77 @@ def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
     """The error for two arguments that share memory."""
     return ValueError(f"{fname}: {name_a} and {name_b} share memory; each argument needs its "
                       "own array (the same array passed twice?)")
+
+
+class ScalarRangeError(ValueError):
+    """Hyperparameters whose step scalars the compute dtype cannot hold. The message has no
+    function name: the caller (``fo.adam_``, ``opt.step``) adds its own."""
+
+
+def host_scalars(rule: Rule, hyper: dict, signature: Signature) -> tuple[float, ...]:
+    """The rule's step scalars (float64), each checked to be finite in the compute dtype.
+
+    A learning rate of 1e39 is a finite float64 but ``inf`` in float32, and would turn
+    finite parameters into infinities: that is a :class:`ScalarRangeError` naming the
+    hyperparameter (or, for a product that overflows, the scalar and the values).
+    """
+    values = rule.host_scalars(**hyper)
+    largest = _LARGEST[signature.compute]
+    for value in values:
+        if not -largest <= value <= largest:  # NaN fails too
+            raise ScalarRangeError(_range_message(rule, hyper, values, signature.compute))
+    return values
+
+
+def _range_message(rule: Rule, hyper: dict, values, compute: np.dtype) -> str:
+    largest = _LARGEST[compute]
+    for h in rule.hyper:
+        value = hyper.get(h.name)
+        if h.kind != "flag" and value is not None and abs(value) > largest:
+            return (f"{h.name}={value!r} cannot be represented in {compute.name} (the arrays' "
+                    f"compute dtype; largest {largest:.4g}); use a smaller value")
+    bad = next(name for name, v in zip(rule.scalars, values, strict=True)
+               if not -largest <= v <= largest)
+    shown = ", ".join(f"{k}={v!r}" for k, v in hyper.items() if k != "grad_scale")
+    return (f"the hyperparameters ({shown}) make the step's scalar {bad} = "
+            f"{dict(zip(rule.scalars, values, strict=True))[bad]!r}, which {compute.name} "
+            "cannot hold; use smaller values")
+
+
+# Blue's scaled sum of squares (as LAPACK's dnrm2, Anderson 2017): float64 values are
+# summed in three ranges, the large ones scaled down and the tiny ones scaled up by powers
+# of two (exact), so that no finite input overflows or underflows the accumulators.
+NORM_TSML = 2.0**-511  # below: squares may underflow
+NORM_TBIG = 2.0**486   # above: squares (summed) may overflow
+NORM_SSML = 2.0**537
+NORM_SBIG = 2.0**-538
+
+
+def norm_from_sums(big: float, med: float, small: float) -> float:
+    """The Euclidean norm from the three accumulators (summed over any number of arrays):
+    ``big = sum((x*SBIG)^2)`` for ``|x| > TBIG``, ``small = sum((x*SSML)^2)`` for
+    ``|x| < TSML``, ``med = sum(x^2)`` otherwise (NaN lands in ``med`` and propagates)."""
+    import math
+
+    if big > 0.0:
+        if med > 0.0 or med != med:
+            big += (med * NORM_SBIG) * NORM_SBIG
+        return math.sqrt(big) / NORM_SBIG
+    if small > 0.0:
+        if med > 0.0 or med != med:
+            ymed, ysml = math.sqrt(med), math.sqrt(small) / NORM_SSML
+            ymax, ymin = (ymed, ysml) if ymed >= ysml else (ysml, ymed)
+            return ymax * math.sqrt(1.0 + (ymin / ymax) ** 2)
+        return math.sqrt(small) / NORM_SSML
+    return math.sqrt(med)
+
+
+def clip_scale(max_norm: float, sums) -> float:
+    """``max_norm / (norm + 1e-6)`` (torch's ``clip_grad_norm_``), from the accumulators, also
+    where the norm of finite gradients is beyond float64 (then ``max_norm * SBIG/sqrt(big)``)."""
+    import math
+
+    norm = norm_from_sums(*sums)
+    if math.isfinite(norm):
+        return max_norm / (norm + 1e-6)
+    return max_norm * (NORM_SBIG / math.sqrt(sums[0]))

@@ -16,6 +16,7 @@ from functools import cache
 import numpy as np
 
 from fusedopt import config
+from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML, host_scalars
 from fusedopt.backends.cuda_codegen import (
     cuda_source,
     device_function,
@@ -32,7 +33,7 @@ from fusedopt.kernels.registry import Rule
 NAME = "cupy"
 
 __all__ = ["cuda_source", "device_function", "function_name", "is_available", "kernel_names",
-           "lanes", "launch", "launch_config", "prepare", "sum_of_squares", "update",
+           "lanes", "launch", "launch_config", "norm_sums", "prepare", "update",
            "use_vector_kernel"]
 
 
@@ -107,7 +108,7 @@ def launch_config(n: int, vector: bool, dtype, multiprocessors: int) -> tuple[in
 def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple:
     """The step's scalars in the compute dtype, passed to the kernel by value."""
     to = signature.compute.type
-    return tuple(to(s) for s in rule.host_scalars(**hyper)), signature
+    return tuple(to(s) for s in host_scalars(rule, hyper, signature)), signature
 
 
 def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
@@ -133,16 +134,36 @@ def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None
 
 
 @cache
-def _sum_of_squares_kernel():
+def _norm_kernels():
+    """Reductions to the accumulators of :func:`fusedopt.backends.base.norm_from_sums`."""
     import cupy
 
-    return cupy.ReductionKernel("T x", "float64 total", "(double)x * (double)x", "a + b",
-                                "total = a", "0", "fusedopt_sum_of_squares")
+    def reduction(map_expr: str, name: str):
+        return cupy.ReductionKernel("T x", "float64 total", map_expr, "a + b", "total = a", "0",
+                                    name)
+
+    med = "(double)x * (double)x"
+    a = "fabs((double)x)"
+    return {
+        "sum": reduction(med, "fusedopt_sum_of_squares"),
+        "big": reduction(f"({a} > {NORM_TBIG!r} ? ({a} * {NORM_SBIG!r}) * ({a} * {NORM_SBIG!r})"
+                         " : 0.0)", "fusedopt_norm_big"),
+        "med": reduction(f"(({a} > {NORM_TBIG!r} || {a} < {NORM_TSML!r}) ? 0.0 : {med})",
+                         "fusedopt_norm_med"),
+        "small": reduction(f"({a} < {NORM_TSML!r} ? ({a} * {NORM_SSML!r}) * ({a} * {NORM_SSML!r})"
+                           " : 0.0)", "fusedopt_norm_small"),
+    }
 
 
-def sum_of_squares(array):
-    """``sum(x*x)`` in float64, as a 0-d device array: no host synchronisation until read."""
+def norm_sums(array) -> tuple:
+    """The accumulators of :func:`fusedopt.backends.base.norm_from_sums` as 0-d device arrays
+    (no host synchronisation until read). float32 arrays: one read, the plain float64 sum
+    (it cannot overflow); float64 arrays: Blue's three ranges (three reads)."""
     import cupy
 
+    kernels = _norm_kernels()
+    flat = array.reshape(-1)
     with cupy.cuda.Device(array.device.id):
-        return _sum_of_squares_kernel()(array.reshape(-1))
+        if flat.dtype != np.float64:
+            return 0.0, kernels["sum"](flat), 0.0
+        return kernels["big"](flat), kernels["med"](flat), kernels["small"](flat)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 
+from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML
 from fusedopt.kernels.dtypes import Signature, homogeneous
 from fusedopt.kernels.registry import RULES, Rule
 
@@ -48,6 +49,24 @@ HEADER = (
     "        value = np.float64(x[i])\n"
     "        total += value * value\n"
     "    return total\n\n\n"
+    "@njit(cache=True, nogil=True, error_model='numpy', fastmath={'reassoc'})\n"
+    "def norm_sums_serial(x):  # Blue's three ranges (see backends.base), float64 input\n"
+    "    big = 0.0\n    med = 0.0\n    small = 0.0\n"
+    "    for i in range(x.size):\n"
+    "        a = abs(x[i])\n"
+    f"        big += (a * {NORM_SBIG!r}) * (a * {NORM_SBIG!r}) if a > {NORM_TBIG!r} else 0.0\n"
+    f"        small += (a * {NORM_SSML!r}) * (a * {NORM_SSML!r}) if a < {NORM_TSML!r} else 0.0\n"
+    f"        med += 0.0 if (a > {NORM_TBIG!r} or a < {NORM_TSML!r}) else a * a\n"
+    "    return big, med, small\n\n\n"
+    "@njit(cache=True, nogil=True, parallel=True, error_model='numpy', fastmath={'reassoc'})\n"
+    "def norm_sums_parallel(x):\n"
+    "    big = 0.0\n    med = 0.0\n    small = 0.0\n"
+    "    for i in prange(x.size):\n"
+    "        a = abs(x[i])\n"
+    f"        big += (a * {NORM_SBIG!r}) * (a * {NORM_SBIG!r}) if a > {NORM_TBIG!r} else 0.0\n"
+    f"        small += (a * {NORM_SSML!r}) * (a * {NORM_SSML!r}) if a < {NORM_TSML!r} else 0.0\n"
+    f"        med += 0.0 if (a > {NORM_TBIG!r} or a < {NORM_TSML!r}) else a * a\n"
+    "    return big, med, small\n\n\n"
     "@njit(inline='always')\n"
     "def _overlap(a, b):  # do [a, a + nbytes) and [b, b + nbytes) meet?\n"
     "    return a.size > 0 and b.size > 0 and a.ctypes.data < b.ctypes.data + b.nbytes \\\n"

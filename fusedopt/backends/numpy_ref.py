@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML, host_scalars
 from fusedopt.kernels.dtypes import Signature
 from fusedopt.kernels.reference import REFERENCE
 from fusedopt.kernels.registry import Rule
@@ -26,6 +27,7 @@ def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple[dict, Signat
         raise ValueError(f"{rule.name}_: backend='numpy' runs the rule's NumPy oracle, and "
                          f"{rule.name!r} has none; add one to "
                          "fusedopt.kernels.reference.REFERENCE, or use backend='numba'")
+    host_scalars(rule, hyper, signature)  # the same range check as the fused backends
     return hyper, signature
 
 
@@ -45,7 +47,11 @@ def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None
     launch(rule, arrays, prepare(rule, hyper, signature))
 
 
-def sum_of_squares(array) -> float:
-    """``sum(x*x)`` in float64."""
-    x = array.astype(np.float64)
-    return float(np.sum(x * x))
+def norm_sums(array) -> tuple[float, float, float]:
+    """The accumulators of :func:`fusedopt.backends.base.norm_from_sums`, in float64."""
+    x = np.abs(array.astype(np.float64)).reshape(-1)
+    big = x > NORM_TBIG
+    small = x < NORM_TSML
+    med = ~(big | small)  # NaN lands here
+    return (float(np.sum((x[big] * NORM_SBIG) ** 2)), float(np.sum(x[med] ** 2)),
+            float(np.sum((x[small] * NORM_SSML) ** 2)))

@@ -39,6 +39,7 @@ from typing import ClassVar
 import numpy as np
 
 from fusedopt import _checks, backends
+from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
 from fusedopt.kernels.dtypes import homogeneous
 from fusedopt.kernels.registry import GRAD_SCALE, flag
@@ -173,14 +174,21 @@ class Optimizer(Checkpointing):
 
     # --------------------------------------------------------------------------- step
     def _units(self, grads) -> list[list[tuple]]:
-        """Per group, the (param, grad) pairs to launch over; every check before any write."""
+        """Per group, the (param, grad) pairs to launch over; every check before any write.
+
+        Checked at every step, not only at construction, because the caller owns the
+        arrays: each parameter (and state array) must still be writeable, and no gradient
+        may share memory with any parameter or state array (not only its own).
+        """
         name = type(self).__name__
         list_groups = [g for g in self.groups if g.arena is None]
         if grads is None:
             if list_groups:
                 raise TypeError(f"{name}.step() needs grads: a sequence matching the "
                                 "parameters (only a ParamArena supplies its own)")
-            return [g.arena_grads() for g in self.groups]
+            out = [g.arena_grads() for g in self.groups]
+            self._check_writeable(name)
+            return out
         if not list_groups:
             raise TypeError(f"{name}.step(grads): this optimizer updates ParamArena(s); write "
                             "the gradients into arena.grads and call step() with no arguments")
@@ -190,17 +198,41 @@ class Optimizer(Checkpointing):
         if len(grads) != expected:
             raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
                              "parameters; pass one per parameter, in order")
-        out, k = [], 0
+        out, k, given = [], 0, []
         for group in self.groups:
             if group.arena is not None:
                 out.append(group.arena_grads())
                 continue
             pairs = []
             for p in group.tensors:
-                pairs.append((p, checked_grad(name, k, grads[k], p, group.kind)))
+                g = checked_grad(name, k, grads[k], p, group.kind)
+                pairs.append((p, g))
+                given.append(g)
                 k += 1
             out.append(pairs)
+        self._check_writeable(name)
+        arrays, names = [], []
+        for gi, group in enumerate(self.groups):
+            where = "" if len(self.groups) == 1 else f"group {gi} "
+            for k, p in enumerate(group.unit_params):
+                arrays.append(p)
+                names.append(f"{where}parameter {k}")
+                state = group.state[k] if group.state is not None else ()
+                for state_name, s in zip(group.state_names, state, strict=False):
+                    arrays.append(s)
+                    names.append(f"{where}{state_name} of parameter {k}")
+        _checks.no_alias(f"{name}.step", arrays, names, given,
+                         [f"grads[{k}]" for k in range(len(given))])
         return out
+
+    def _check_writeable(self, name: str) -> None:
+        for gi, group in enumerate(self.groups):
+            for k, p in enumerate(group.unit_params):
+                if self._xp is np and not p.flags.writeable:
+                    what = (f"the arena's {p.dtype} buffer" if group.arena is not None
+                            else f"group {gi} parameter {k}")
+                    raise ValueError(f"{name}.step: {what} has become read-only; parameters "
+                                     "are updated in place (make it writeable again)")
 
     def step(self, grads=None) -> bool:
         """One update of every parameter; returns False when a non-finite step was skipped.
@@ -217,10 +249,13 @@ class Optimizer(Checkpointing):
         if self.max_grad_norm is not None or self.nonfinite is not None:
             # One read of the gradients; on a GPU the partial sums stay on the device and the
             # host reads their total once.
-            total = float(sum(self._impl.sum_of_squares(g) for pairs in units for _, g in pairs))
-            norm = math.sqrt(total) if total == total else math.nan
+            sums = [self._impl.norm_sums(g) for pairs in units for _, g in pairs]
+            totals = [float(sum(s[k] for s in sums)) for k in range(3)]
+            norm = norm_from_sums(*totals)  # inf only for NaN/inf, or a norm beyond float64
             self.last_grad_norm = norm
-            if not math.isfinite(norm):
+            # The scaled accumulators stay finite for any finite gradients: finiteness is read
+            # from them, not from the norm (finite gradients can have a norm beyond float64).
+            if not all(math.isfinite(x) for x in totals):
                 if self.nonfinite == "raise":
                     raise FloatingPointError(self._nonfinite_message(units))
                 if self.nonfinite == "skip":
@@ -230,7 +265,7 @@ class Optimizer(Checkpointing):
                                   RuntimeWarning, stacklevel=2)
                     return False
             elif self.max_grad_norm is not None and norm + 1e-6 > self.max_grad_norm:
-                scale = self.max_grad_norm / (norm + 1e-6)  # as torch's clip_grad_norm_
+                scale = clip_scale(self.max_grad_norm, totals)
         for group in self.groups:
             if group.state is None:
                 group.allocate(self._xp)
@@ -243,7 +278,10 @@ class Optimizer(Checkpointing):
             for (p, g), state in zip(pairs, group.state, strict=True):
                 if p.dtype not in prepared:
                     signature = homogeneous(rule.arrays, p.dtype)
-                    prepared[p.dtype] = impl.prepare(rule, hyper, signature)
+                    try:
+                        prepared[p.dtype] = impl.prepare(rule, hyper, signature)
+                    except ScalarRangeError as exc:
+                        raise ValueError(f"{type(self).__name__}.step: {exc}") from None
                 launches.append((rule, (p, g, *state), prepared[p.dtype]))
         for rule, arrays, scalars in launches:
             impl.launch(rule, arrays, scalars)
@@ -255,7 +293,7 @@ class Optimizer(Checkpointing):
         for gi, (group, pairs) in enumerate(zip(self.groups, units, strict=True)):
             grads = (group.arena.grads if group.arena is not None else [g for _, g in pairs])
             for k, g in enumerate(grads):
-                if not math.isfinite(self._impl.sum_of_squares(g)):
+                if not all(math.isfinite(float(x)) for x in self._impl.norm_sums(g)):
                     bad.append(f"group {gi} tensor {k} {tuple(g.shape)}")
         return (f"{type(self).__name__}: non-finite gradient at step {self.step_count + 1} in "
                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was updated "

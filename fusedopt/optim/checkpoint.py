@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import zipfile
 
 import numpy as np
 
 from fusedopt import _checks
+from fusedopt.optim import npz
 from fusedopt.optim.groups import on_device, to_host
 
 FORMAT, VERSION = "fusedopt.optimizer", 1
@@ -60,8 +59,10 @@ class Checkpointing:
         counters = {}
         for key, lo in (("step", 0), ("epoch", 1), ("skipped_steps", 0)):
             value = state.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-                raise ValueError(f"{name}.load_state_dict: {key}={value!r} is invalid")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo \
+                    or value > _checks.MAX_COUNT:
+                raise ValueError(f"{name}.load_state_dict: {key}={_checks.short(value)} is "
+                                 f"invalid; it must be an integer from {lo} to 2**53")
             counters[key] = int(value)
         groups = state.get("groups")
         if not isinstance(groups, list) or len(groups) != len(self.groups):
@@ -113,6 +114,11 @@ class Checkpointing:
             raise ValueError(f"{where}: state {sorted(saved_state)} is not {sorted(rule.state)}")
         state_arrays = ({k: self._staged_arrays(where, k, saved_state[k], group.tensors)
                          for k in rule.state} if saved_state else None)
+        for k in rule.nonnegative if state_arrays else ():
+            for i, a in enumerate(state_arrays[k]):
+                if a.size and bool((a < 0).any()):  # a sum of squares: the next step gives NaN
+                    raise ValueError(f"{where}: {k}[{i}] has negative values; it is an average "
+                                     "of squares, never negative (a damaged or edited state)")
         return group, hyper, rule, params, state_arrays
 
     def _staged_arrays(self, where: str, what: str, arrays, like: list) -> list:
@@ -136,7 +142,8 @@ def save(path: str | os.PathLike, opt) -> None:
     """Write ``opt.state_dict()`` to ``path`` (.npz), atomically.
 
     The file is written under a temporary name in the same folder and renamed
-    into place, so ``path`` never holds half a checkpoint.
+    into place, so ``path`` never holds half a checkpoint; it gets the
+    permissions any new file gets (the umask's).
     """
     state = opt.state_dict()
     arrays = {}
@@ -151,34 +158,18 @@ def save(path: str | os.PathLike, opt) -> None:
             for k, v in enumerate(values):
                 arrays[f"g{gi}.{state_name}.{k}"] = v
     arrays["__meta__"] = np.array(json.dumps(meta))
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fusedopt-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    npz.write(path, arrays)
 
 
 def load(path: str | os.PathLike, opt) -> None:
     """Read a checkpoint written by :func:`save` into ``opt`` (on its own device).
 
-    A corrupt, truncated or mismatched file raises ``ValueError`` and leaves
-    ``opt`` as it was.
+    A corrupt, truncated, mismatched or hostile file (a FIFO, a zip bomb, a
+    header that claims a huge shape) raises ``ValueError`` and leaves ``opt`` as
+    it was.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load: no checkpoint at {path}")
+    meta, entries = npz.read(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            entries = {key: archive[key] for key in archive.files}  # reads (and CRC-checks) all
-        meta = json.loads(str(entries.pop("__meta__")))
         groups = []
         for gi, group in enumerate(meta["groups"]):
             n = len(group["shapes"])
@@ -189,7 +180,8 @@ def load(path: str | os.PathLike, opt) -> None:
                           for s in group["state"]},
             })
         state = {**{k: v for k, v in meta.items() if k != "groups"}, "groups": groups}
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"load: {path} is not a readable fusedopt checkpoint (corrupt, "
-                         f"truncated or not a checkpoint): {type(exc).__name__}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"load: {os.fspath(path)} is not a readable fusedopt checkpoint (its "
+                         f"metadata does not match its arrays): {type(exc).__name__}: "
+                         f"{str(exc)[:200]}") from None
     opt.load_state_dict(state)

@@ -25,10 +25,15 @@ _lock = threading.Lock()
 
 def _generator(seed, xp):
     """A random generator for this call: a new stream every call, reproducible per seed."""
+    if isinstance(seed, bool):
+        raise TypeError("minibatches: seed must be None, an int or a random Generator, not bool")
     if seed is None or isinstance(seed, Integral):
         if seed is None:
             entropy = None
         else:
+            if seed < 0:
+                raise ValueError(f"minibatches: seed={seed} is negative; pass an int >= 0 "
+                                 "(or None, or a numpy.random.Generator)")
             with _lock:  # the k-th call with a given seed always gets the same stream
                 k = _seed_calls.get(int(seed), 0)
                 _seed_calls[int(seed)] = k + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusedopt import schedules
+from fusedopt import _checks, schedules
 from fusedopt.kernels import optimizer_rule
 from fusedopt.optim import make_optimizer
 from fusedopt.train.batches import minibatches
@@ -48,6 +48,8 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
         lr: float | None = None, seed: int = 0, progress: bool = True,
         log=print) -> DemoResult:
     """Train the MLP on the digits; see the module docstring."""
+    if out is not None:
+        out = _checks.output_dir("demo", "out", out)
     data = load_digits(seed=seed)
     X, Y, X_test = data.X_train, data.Y_train, data.X_test
     xp = "numpy"

@@ -19,6 +19,7 @@ and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -43,9 +44,27 @@ def _check_optimizer(f: str, optimizer) -> None:
 
 
 # ------------------------------------------------------------------ the memory model
+#: No dimension (or layer size, or sample count) can be larger: no machine holds 2**62 bytes.
+MAX_DIMENSION = 2**62
+
+
 def array_bytes(shape: Sequence[int], dtype) -> int:
-    """Bytes of one dense array."""
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    """Bytes of one dense array (Python integers: byte counts never wrap around)."""
+    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+
+
+def _dimensions(f: str, name: str, values, lo: int = 0) -> tuple[int, ...]:
+    """``values`` as integer sizes in ``[lo, MAX_DIMENSION]``, or an error naming ``name``."""
+    out = []
+    for k, d in enumerate(values):
+        if isinstance(d, bool) or not isinstance(d, Integral):
+            raise TypeError(f"{f}: {name}[{k}]={d!r} is not an integer size")
+        if not lo <= d <= MAX_DIMENSION:
+            shown = d if abs(d) < 10**20 else f"{str(d)[:6]}... ({len(str(abs(d)))} digits)"
+            raise ValueError(f"{f}: {name}[{k}]={shown} is out of range; sizes are integers "
+                             f"from {lo} to 2**62")
+        out.append(int(d))
+    return tuple(out)
 
 
 def batch_bytes(n_x: int, n_y: int, batch_size: int, x_dtype=np.float32,
@@ -165,14 +184,15 @@ def available_memory(device: str) -> int:
 
 def _shape_dtype(name: str, value, default_dtype=np.float32):
     """(shape, dtype) from an array, or from a (shape, dtype) / shape description."""
+    f = "plan_batch_size"
     kind = _checks.array_kind(value)
     if kind in ("numpy", "cupy"):
         return tuple(value.shape), np.dtype(value.dtype), kind
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple):
-        return tuple(value[0]), np.dtype(value[1]), None
+        return _dimensions(f, f"{name} shape", value[0]), np.dtype(value[1]), None
     if isinstance(value, tuple) and all(isinstance(d, Integral) for d in value):
-        return tuple(value), np.dtype(default_dtype), None
-    raise TypeError(f"plan_batch_size: {name} must be an array, a shape, or (shape, dtype)")
+        return _dimensions(f, f"{name} shape", value), np.dtype(default_dtype), None
+    raise TypeError(f"{f}: {name} must be an array, a shape, or (shape, dtype)")
 
 
 def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
@@ -221,18 +241,20 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         raise ValueError(f"{f}: give layer_sizes (for the MLP) or activation_bytes_per_sample "
                          "(with param_shapes), one of the two")
     if layer_sizes is not None:
-        layer_sizes = [int(n) for n in layer_sizes]
+        layer_sizes = list(_dimensions(f, "layer_sizes", layer_sizes, lo=1))
         if len(layer_sizes) < 2 or min(layer_sizes) < 1:
             raise ValueError(f"{f}: layer_sizes={layer_sizes}; give at least [n_x, n_y], all >= 1")
         if layer_sizes[0] != n_x or layer_sizes[-1] != n_y:
             raise ValueError(f"{f}: layer_sizes {layer_sizes} must start with n_x={n_x} and "
                              f"end with n_y={n_y}")
-        shapes = mlp_shapes(layer_sizes) if param_shapes is None else param_shapes
+        shapes = mlp_shapes(layer_sizes)
     else:
         if param_shapes is None:
             raise ValueError(f"{f}: with activation_bytes_per_sample, pass param_shapes")
         _checks.real(f, "activation_bytes_per_sample", activation_bytes_per_sample, 0.0)
-        shapes = param_shapes
+    if param_shapes is not None:
+        shapes = [_dimensions(f, f"param_shapes[{i}]", shape) for i, shape in
+                  enumerate(param_shapes)]
     _check_optimizer(f, optimizer)
     gpu = backend == "cupy" or (backend is None and x_kind == "cupy")
     device = "gpu" if gpu else "cpu"

@@ -138,6 +138,8 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
         out_dir: if given, write ``profile.json`` and the PNG plots there.
     """
     f = "profile_batch_sizes"
+    if out_dir is not None:
+        out_dir = _checks.output_dir(f, "out_dir", out_dir)
     _checks.real(f, "seconds", seconds, 0.0, lo_open=True)
     _checks.real(f, "target_fraction", target_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     m = X.shape[1]
