@@ -47,8 +47,8 @@ def launcher(rule: Rule, dtype, kernel: str) -> str:
     sig = cuda_codegen.signature_of(rule, dtype)
     params = [f"{'' if a in rule.writes else 'const '}{cuda_codegen.CTYPE[d]}* {a}"
               for a, d in zip(rule.arrays, sig.storage, strict=True)]
-    params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars] + ["long long n"]
-    names = [*rule.arrays, *rule.scalars, "n"]
+    params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars] + ["long long _n"]
+    names = [*rule.arrays, *rule.scalars, "_n"]
     return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
             f'{", ".join(params)}) {{\n'
             "  gridDim.x = grid; blockDim.x = block;\n"

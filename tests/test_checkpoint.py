@@ -151,3 +151,18 @@ def test_malformed_state_is_a_value_error(change):
     change(state)
     with pytest.raises(ValueError):
         fo.Adam(initial(), lr=0.01).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "momentum"])
+def test_checkpoints_written_before_the_registry_still_load(name):
+    """Files saved by commit 97e7417 (tests/data): AdamW stored its fixed decoupling, and no
+    optimizer stored the amsgrad switch. They load, and training goes on from them."""
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "data" / f"{name}_97e7417.npz"
+    params = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)]
+    cls = {"adam": fo.Adam, "adamw": fo.AdamW, "momentum": fo.Momentum}[name]
+    opt = cls(params, lr=0.01) if name != "momentum" else cls(params, lr=0.01, nesterov=True)
+    fo.load(path, opt)
+    assert opt.step_count == 3 and params[0].any()
+    assert opt.step([np.ones((3, 2), np.float32), np.ones(4, np.float32)])

@@ -79,7 +79,7 @@ def _check_mixed(arrays, expected):
 
 def test_numba_drivers_load_and_store_each_arrays_own_dtype():
     source = numba_codegen.driver_source(ADAM, MIXED)
-    assert "np.float64(param[i])" in source and "np.float64(exp_avg[i])" not in source
+    assert "np.float64(param[_i])" in source and "np.float64(exp_avg[_i])" not in source
     module = numba_cpu.in_memory_module(
         "fusedopt_mixed_test", numba_codegen.HEADER + numba_codegen.element_source(ADAM) + source)
     arrays, hyper, expected = _mixed_inputs()
@@ -94,7 +94,7 @@ def test_numba_drivers_load_and_store_each_arrays_own_dtype():
 def test_the_cuda_kernels_load_and_store_each_arrays_own_dtype(tmp_path):
     source = cuda_codegen.cuda_source(ADAM, MIXED)
     assert "const float* __restrict__ grad" in source
-    assert "double* __restrict__ exp_avg" in source and "(double)param[i]" in source
+    assert "double* __restrict__ exp_avg" in source and "(double)param[_i]" in source
     assert "fusedopt_adam_f32_f32_f64_f64__f64" in source
     assert cuda_codegen.lanes(MIXED) == 2 and cuda_codegen.vector_alignments(MIXED) == \
         [8, 8, 16, 16]

@@ -19,7 +19,16 @@ from host_cuda import SHIM, aligned_empty, launcher
 from fusedopt.backends import cuda_codegen, numba_codegen, numba_cpu
 from fusedopt.kernels import RULES, VARIANTS, language
 from fusedopt.kernels.dtypes import homogeneous
-from fusedopt.kernels.language import RuleLanguageError, copysign, exp, log, sign, sqrt
+from fusedopt.kernels.language import (
+    RuleLanguageError,
+    copysign,
+    exp,
+    log,
+    maximum,
+    minimum,
+    sign,
+    sqrt,
+)
 from fusedopt.kernels.registry import GRAD_DOC, PARAM_DOC, real, register
 
 
@@ -147,13 +156,15 @@ def test_registration_checks_the_entry_itself(scratch_registry):
 
 
 # --------------------------------------------------- one meaning on every backend
-def every_function(o_sqrt, o_abs, o_min, o_max, o_copysign, o_sign, o_exp, o_log, x, y):
+def every_function(o_sqrt, o_abs, o_min, o_max, o_maximum, o_minimum, o_copysign, o_sign,
+                   o_exp, o_log, x, y):
     """Each function of the language, once."""
-    return (sqrt(x), abs(x), min(x, y), max(x, y), copysign(x, y), sign(x), exp(x),
-            log(x))
+    return (sqrt(x), abs(x), min(x, y), max(x, y), maximum(x, y), minimum(x, y),
+            copysign(x, y), sign(x), exp(x), log(x))
 
 
-OUTPUTS = ("o_sqrt", "o_abs", "o_min", "o_max", "o_copysign", "o_sign", "o_exp", "o_log")
+OUTPUTS = ("o_sqrt", "o_abs", "o_min", "o_max", "o_maximum", "o_minimum", "o_copysign",
+           "o_sign", "o_exp", "o_log")
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.5, -3.75, 1e-30, 1e30, math.inf, -math.inf, math.nan, 0.5]
 
 
@@ -173,6 +184,8 @@ def _python_meaning(a: float, b: float) -> list[float]:
     """What the language says each function gives (the functions bound in the language)."""
     with np.errstate(all="ignore"):
         return [math.sqrt(a) if a >= 0 else math.nan, abs(a), min(a, b), max(a, b),
+                float(np.maximum(a, b)) if not (a == b == 0) else b,
+                float(np.minimum(a, b)) if not (a == b == 0) else b,
                 math.copysign(a, b), float(np.sign(a)), float(np.exp(np.float64(a))),
                 float(np.log(np.float64(a))) if a >= 0 else math.nan]
 

@@ -139,7 +139,7 @@ class _Translator:
         spec = language.FUNCTIONS[name]
         if isinstance(spec.cuda, tuple):
             return spec.cuda[0 if self.f32 else 1]
-        helper = f"fusedopt_{name}"
+        helper = f"_fusedopt_{name}"
         args = ", ".join(f"{self.ctype} {a}" for a in "ab"[: spec.arity])
         body = spec.cuda.replace("(T)", f"({self.ctype})")
         self.helpers[name] = (f"__device__ __forceinline__ {self.ctype} {helper}({args}) "
@@ -172,9 +172,9 @@ class _Translator:
                 values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
                 # Evaluate every output before storing any: the outputs may alias inputs.
                 for k, value in enumerate(values):
-                    lines.append(f"const {self.ctype} out{k} = {self.expr(value)};")
+                    lines.append(f"const {self.ctype} _out{k} = {self.expr(value)};")
                 for k, name in enumerate(self.rule.writes):
-                    lines.append(f"*new_{name} = out{k};")
+                    lines.append(f"*_new_{name} = _out{k};")
             else:
                 self.fail(node, f"a {type(node).__name__} statement")
         return lines
@@ -195,7 +195,7 @@ def device_function(rule, dtype) -> str:
     translator = _Translator(rule, sig.compute)
     body = translator.body(language.function_tree(rule.element))
     params = [f"{ctype} {name}" for name in (*rule.arrays, *rule.scalars)]
-    params += [f"{ctype}* __restrict__ new_{name}" for name in rule.writes]
+    params += [f"{ctype}* __restrict__ _new_{name}" for name in rule.writes]
     return ("".join(translator.helpers.values())
             + f"// {rule.name}: translated from the element rule {rule.element.__module__}."
               f"{rule.element.__qualname__}\n"
@@ -207,7 +207,7 @@ def _kernel_params(rule: Rule, sig: Signature) -> str:
     arrays = [f"{'' if name in rule.writes else 'const '}{CTYPE[d]}* __restrict__ {name}"
               for name, d in zip(rule.arrays, sig.storage, strict=True)]
     scalars = [f"const {CTYPE[sig.compute]} {name}" for name in rule.scalars]
-    return ",\n    ".join([*arrays, *scalars, "const long long n"])
+    return ",\n    ".join([*arrays, *scalars, "const long long _n"])
 
 
 def _element_step(rule: Rule, sig: Signature, reads: list[str], writes: list[str]) -> str:
@@ -220,11 +220,11 @@ def _element_step(rule: Rule, sig: Signature, reads: list[str], writes: list[str
 
     def store(name: str) -> str:
         dtype = storage[name]
-        return f"o_{name}" if dtype == sig.compute else f"({CTYPE[dtype]})o_{name}"
+        return f"_o_{name}" if dtype == sig.compute else f"({CTYPE[dtype]})_o_{name}"
 
-    outs = ", ".join(f"o_{w}" for w in rule.writes)
+    outs = ", ".join(f"_o_{w}" for w in rule.writes)
     args = [load(r, storage[a]) for r, a in zip(reads, rule.arrays, strict=True)]
-    args += list(rule.scalars) + [f"&o_{w}" for w in rule.writes]
+    args += list(rule.scalars) + [f"&_o_{w}" for w in rule.writes]
     stores = " ".join(f"{target} = {store(w)};"
                       for target, w in zip(writes, rule.writes, strict=True))
     return (f"{{ {ctype} {outs}; {kernel_base_name(rule, sig)}_element({', '.join(args)}); "
@@ -246,20 +246,20 @@ def cuda_source(rule, dtype) -> str:
     params = _kernel_params(rule, sig)
     n_lanes = lanes(sig)
     vectors = {a: VECTOR[(d, n_lanes)] for a, d in zip(rule.arrays, sig.storage, strict=True)}
-    grid_stride = ("const long long stride = (long long)blockDim.x * gridDim.x;\n"
-                   "    const long long first = (long long)blockIdx.x * blockDim.x + "
+    grid_stride = ("const long long _stride = (long long)blockDim.x * gridDim.x;\n"
+                   "    const long long _first = (long long)blockIdx.x * blockDim.x + "
                    "threadIdx.x;\n")
-    scalar_step = _element_step(rule, sig, [f"{a}[i]" for a in rule.arrays],
-                                [f"{w}[i]" for w in rule.writes])
+    scalar_step = _element_step(rule, sig, [f"{a}[_i]" for a in rule.arrays],
+                                [f"{w}[_i]" for w in rule.writes])
     loads = "\n".join(
-        f"        {'' if a in rule.writes else 'const '}{vectors[a][0]} {a}_v = "
-        f"reinterpret_cast<{'' if a in rule.writes else 'const '}{vectors[a][0]}*>({a})[j];"
+        f"        {'' if a in rule.writes else 'const '}{vectors[a][0]} _v_{a} = "
+        f"reinterpret_cast<{'' if a in rule.writes else 'const '}{vectors[a][0]}*>({a})[_j];"
         for a in rule.arrays)
     lane_steps = "\n".join(
-        "        " + _element_step(rule, sig, [f"{a}_v.{vectors[a][1][k]}" for a in rule.arrays],
-                                   [f"{w}_v.{vectors[w][1][k]}" for w in rule.writes])
+        "        " + _element_step(rule, sig, [f"_v_{a}.{vectors[a][1][k]}" for a in rule.arrays],
+                                   [f"_v_{w}.{vectors[w][1][k]}" for w in rule.writes])
         for k in range(n_lanes))
-    stores = "\n".join(f"        reinterpret_cast<{vectors[w][0]}*>({w})[j] = {w}_v;"
+    stores = "\n".join(f"        reinterpret_cast<{vectors[w][0]}*>({w})[_j] = _v_{w};"
                        for w in rule.writes)
     return (
         f"// Generated by fusedopt.backends.cuda_codegen from the rule {rule.name!r} "
@@ -267,16 +267,16 @@ def cuda_source(rule, dtype) -> str:
         + device_function(rule, sig)
         + f'\nextern "C" __global__ void {name}(\n    {params}) {{\n'
         + f"    {grid_stride}"
-        + "    for (long long i = first; i < n; i += stride) {\n"
+        + "    for (long long _i = _first; _i < _n; _i += _stride) {\n"
         + f"        {scalar_step}\n"
         + "    }\n}\n"
         + f'\nextern "C" __global__ void {name}_vec(\n    {params}) {{\n'
         + f"    // {n_lanes} elements per vector access; the arrays are aligned for it here.\n"
         + f"    {grid_stride}"
-        + f"    const long long n_vec = n / {n_lanes};\n"
-        + "    for (long long j = first; j < n_vec; j += stride) {\n"
+        + f"    const long long _n_vec = _n / {n_lanes};\n"
+        + "    for (long long _j = _first; _j < _n_vec; _j += _stride) {\n"
         + loads + "\n" + lane_steps + "\n" + stores + "\n    }\n"
-        + f"    for (long long i = n_vec * {n_lanes} + first; i < n; i += stride) {{\n"
+        + f"    for (long long _i = _n_vec * {n_lanes} + _first; _i < _n; _i += _stride) {{\n"
         + f"        {scalar_step}\n"
         + "    }\n}\n"
     )

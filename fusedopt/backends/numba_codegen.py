@@ -85,24 +85,26 @@ def overlap_pairs(rule: Rule) -> list[tuple[str, str]]:
 
 
 def load(array: str, storage, compute) -> str:
-    """The expression reading ``array[i]`` as a value of the compute dtype."""
+    """The expression reading ``array[_i]`` as a value of the compute dtype."""
     if storage == compute:
-        return f"{array}[i]"
-    return f"np.{compute.name}({array}[i])"
+        return f"{array}[_i]"
+    return f"np.{compute.name}({array}[_i])"
 
 
 def driver_source(rule: Rule, signature: Signature) -> str:
-    """The source of the three drivers of ``rule`` for ``signature``."""
+    """The source of the three drivers of ``rule`` for ``signature``.
+
+    Generated names start with an underscore; rule names never do (the rule
+    language refuses them), so the two cannot collide.
+    """
     arrays = ", ".join(rule.arrays)
-    scalars = ", ".join(rule.scalars)
     storage = dict(zip(rule.arrays, signature.storage, strict=True))
-    elements = ", ".join(load(a, storage[a], signature.compute) for a in rule.arrays)
-    outputs = ", ".join(f"out_{w}" for w in rule.writes)
+    elements = [load(a, storage[a], signature.compute) for a in rule.arrays]
+    outputs = "".join(f"_o_{w}, " for w in rule.writes)
     # Numba casts a float on assignment into an array of another float dtype.
-    stores = "".join(f"        {w}[i] = out_{w}\n" for w in rule.writes)
-    unpack = ", ".join(f"scalars[{k}]" for k in range(len(rule.scalars)))
-    unpack_line = f"    {scalars}, = {unpack}\n" if rule.scalars else ""
-    call_args = ", ".join([elements, scalars] if rule.scalars else [elements])
+    stores = "".join(f"        {w}[_i] = _o_{w}\n" for w in rule.writes)
+    unpack = "".join(f"    {name} = _scalars[{k}]\n" for k, name in enumerate(rule.scalars))
+    call_args = ", ".join([*elements, *rule.scalars])
     # Overlap is checked here, before the loop, where comparing addresses costs nothing
     # (from Python it is most of the per-call overhead); code k > 0 names pair k - 1.
     overlap = "".join(f"    if _overlap({a}, {b}):\n        return {k + 1}\n"
@@ -113,20 +115,23 @@ def driver_source(rule: Rule, signature: Signature) -> str:
                                        ("parallel", "prange", ", parallel=True")):
         out.append(
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
-            f"def {driver_name(rule, signature, kind)}({arrays}, scalars):\n"
+            f"def {driver_name(rule, signature, kind)}({arrays}, _scalars):\n"
             f"{overlap}"
-            f"{unpack_line}"
-            f"    for i in {loop_range}({rule.arrays[0]}.size):\n"
-            f"        {outputs}, = {element}({call_args})\n"
+            f"{unpack}"
+            f"    for _i in {loop_range}({rule.arrays[0]}.size):\n"
+            f"        {outputs}= {element}({call_args})\n"
             f"{stores}"
             "    return 0\n\n")
-    first_read_only = next(a for a in rule.arrays if a not in rule.writes)
-    floor_body = "".join(f"        {w}[i] = {w}[i] + {first_read_only}[i]\n"
-                         for w in rule.writes)
+    # The floor reads every array once and writes the written ones once, with no math.
+    read_only = [a for a in rule.arrays if a not in rule.writes] or [rule.arrays[0]]
+    extra = "".join(f" + {a}[_i]" for a in read_only[1:])  # every stream read, none dead
+    floor_body = "".join(
+        f"        {w}[_i] = {w}[_i] + {read_only[0]}[_i]{extra if k == 0 else ''}\n"
+        for k, w in enumerate(rule.writes))
     out.append(f"@njit(cache=True, nogil=True, parallel=True, error_model='numpy')\n"
                f"def {driver_name(rule, signature, 'floor')}({arrays}):\n"
-               f"    for i in prange({rule.arrays[0]}.size):\n"
-               f"{floor_body}\n")
+               f"    for _i in prange({rule.arrays[0]}.size):\n"
+               + floor_body + "\n")
     return "".join(out)
 
 

@@ -10,9 +10,14 @@ the subset both understand, stated here once:
   and ``+``, one comparison ``< <= > >= == !=``, ``x if c else y``, ``not``,
   and ``and``/``or`` inside a condition (C's ``&&``/``||`` return 0 or 1 where
   Python's return an operand, so they agree only as conditions);
-* numeric literals only in comparisons (``x > 0``): in arithmetic a Python
-  literal is a float64 in Numba and would turn float32 math into float64; pass
-  such numbers as host scalars instead;
+* numeric literals only in comparisons (``x > 0``), and only values float32
+  holds exactly (``0``, ``0.5``, ``1024``; not ``0.1``): in arithmetic a Python
+  literal is a float64 in Numba and would turn float32 math into float64, and a
+  literal float32 cannot hold compares differently on the CPU (in float64) and
+  the GPU (rounded to float32); pass such numbers as host scalars instead;
+* names (arguments and locals) that do not start with ``_`` (the generated
+  code's own names do) and are not C++/CUDA keywords, built-ins or the C
+  spelling of a language function;
 * calls of the functions in :data:`FUNCTIONS`, imported from this module by
   the rule file.
 
@@ -28,6 +33,8 @@ Python function bound here, which is what the rules run as on plain floats:
 ``min(a, b)``  2      ``b if b < a else a`` (Python's ``min``: ``a`` when either is NaN
                       and ``b`` is not smaller)
 ``max(a, b)``  2      ``b if b > a else a`` (Python's ``max``)
+``maximum``    2      the larger, NaN if either is NaN (``torch.maximum``); ``b`` if equal
+``minimum``    2      the smaller, NaN if either is NaN (``torch.minimum``); ``b`` if equal
 ``copysign``   2      ``|a|`` with the sign of ``b``
 ``sign(x)``    1      -1, +0 or 1 (``sign(-0.0) = +0``); NaN for NaN (``numpy.sign``)
 ``exp(x)``     1      e**x
@@ -77,6 +84,47 @@ def _sign(x: float) -> float:
     return 0.0 if x == 0 else x
 
 
+def _maximum(a: float, b: float) -> float:
+    """The larger of two; NaN if either is (the first NaN), as torch.maximum and np.maximum;
+    ``b`` when they are equal."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a > b else b
+
+
+def _minimum(a: float, b: float) -> float:
+    """The smaller of two; NaN if either is (the first NaN); ``b`` when they are equal."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a < b else b
+
+
+def _maximum_for_numba(dtype: np.dtype) -> Callable:
+    def maximum(a, b):  # Numba's np.maximum returns a for equal values: not b as NumPy does
+        if a != a:
+            return a
+        if b != b:
+            return b
+        return a if a > b else b
+
+    return maximum
+
+
+def _minimum_for_numba(dtype: np.dtype) -> Callable:
+    def minimum(a, b):
+        if a != a:
+            return a
+        if b != b:
+            return b
+        return a if a < b else b
+
+    return minimum
+
+
 def _sign_for_numba(dtype: np.dtype) -> Callable:
     """``sign`` for Numba in ``dtype`` (Numba's own np.sign keeps the sign of -0.0)."""
     one, zero = dtype.type(1), dtype.type(0)
@@ -100,6 +148,10 @@ FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
     # the helpers below copy Python's comparisons so every backend agrees.
     MathFunction("min", 2, min, "return b < a ? b : a;", "Python's min of two"),
     MathFunction("max", 2, max, "return b > a ? b : a;", "Python's max of two"),
+    MathFunction("maximum", 2, _maximum, "return a != a ? a : (b != b ? b : (a > b ? a : b));",
+                 "the larger; NaN if either is NaN (torch.maximum)", _maximum_for_numba),
+    MathFunction("minimum", 2, _minimum, "return a != a ? a : (b != b ? b : (a < b ? a : b));",
+                 "the smaller; NaN if either is NaN (torch.minimum)", _minimum_for_numba),
     MathFunction("copysign", 2, math.copysign, ("copysignf", "copysign"),
                  "|a| with the sign of b"),
     MathFunction("sign", 1, _sign,
@@ -113,6 +165,8 @@ FUNCTIONS: dict[str, MathFunction] = {f.name: f for f in (
 sqrt = math.sqrt
 copysign = math.copysign
 sign = _sign
+maximum = _maximum
+minimum = _minimum
 exp = math.exp
 log = math.log
 # abs, min and max are Python's builtins.
@@ -120,6 +174,20 @@ log = math.log
 BINARY_OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 COMPARISONS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==",
                ast.NotEq: "!="}
+
+
+#: Names a rule may not use: the generated C++/CUDA would not compile or would mean
+#: something else.
+RESERVED_NAMES = frozenset("""
+    alignas alignof and asm auto bool break case catch char class const constexpr
+    const_cast continue decltype default delete do double dynamic_cast else enum explicit
+    export extern false float for friend goto if inline int long mutable namespace new
+    noexcept not nullptr operator or private protected public register reinterpret_cast
+    return short signed sizeof static static_assert static_cast struct switch template this
+    throw true try typedef typeid typename union unsigned using virtual void volatile
+    wchar_t while threadIdx blockIdx blockDim gridDim warpSize restrict half float2 float4
+    double2 sqrtf fabs fabsf copysignf expf logf fmin fmax fminf fmaxf isnan isinf
+    """.split()) | frozenset(FUNCTIONS)
 
 
 class RuleLanguageError(TypeError):
@@ -146,8 +214,16 @@ class _Validator:
     def __init__(self, name: str, arguments: tuple[str, ...], n_writes: int, globals_: dict):
         self.name, self.n_writes, self.globals = name, n_writes, globals_
         self.defined = set(arguments)
+        for argument in arguments:
+            self.check_name(None, argument)
+
+    def check_name(self, node, name: str) -> None:
+        if name.startswith("_") or name in RESERVED_NAMES:
+            self.fail(node, f"the name {name!r} (names may not start with '_' or be a C++/CUDA "
+                            "keyword, built-in or language function)")
 
     def fail(self, node, what: str):
+        # node is None for an argument name: the rule's own line
         raise RuleLanguageError(
             f"rule {self.name!r}, line {getattr(node, 'lineno', '?')}: {what} is outside the "
             "rule language (fusedopt.kernels.language: assignments, + - * /, comparisons, "
@@ -164,6 +240,7 @@ class _Validator:
             if isinstance(node, ast.Assign):
                 if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
                     self.fail(node, "an assignment to anything but one name")
+                self.check_name(node, node.targets[0].id)
                 self.value(node.value)
                 self.defined.add(node.targets[0].id)
             elif isinstance(node, ast.Return):
@@ -191,6 +268,10 @@ class _Validator:
             if not in_comparison:
                 self.fail(node, f"the literal {node.value!r} in arithmetic (a float64 in Numba; "
                                 "pass it as a host scalar)")
+            if float(np.float32(node.value)) != node.value:
+                self.fail(node, f"the literal {node.value!r}, which float32 cannot hold exactly "
+                                "(the CPU and the GPU would compare differently; pass it as a "
+                                "host scalar)")
         elif isinstance(node, ast.BinOp):
             if type(node.op) not in BINARY_OPERATORS:
                 self.fail(node, f"the operator {type(node.op).__name__}")

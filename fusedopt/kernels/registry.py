@@ -236,8 +236,11 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
         if params[: len(names)] != names:
             raise TypeError(f"rule {name!r}: its arrays {names} must be its first arguments, "
                             f"in order (it takes {params})")
-        if not set(writes) <= set(names) or len(set(writes)) != len(writes):
-            raise TypeError(f"rule {name!r}: writes {writes} must be distinct arrays of {names}")
+        if not writes or not set(writes) <= set(names) or len(set(writes)) != len(writes):
+            raise TypeError(f"rule {name!r}: writes {writes} must be one or more distinct arrays "
+                            f"of {names}")
+        for h in hyper:
+            _check_hyper(name, h)
         if not set(nonnegative) <= set(names) - {"param", "grad"}:
             raise TypeError(f"rule {name!r}: nonnegative {nonnegative} must name state arrays")
         if name in RULES or name in VARIANTS:
@@ -256,6 +259,24 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
         return element
 
     return decorate
+
+
+def _check_hyper(rule: str, h: Hyper) -> None:
+    """Defaults and bounds are plain Python values (they are written into generated code)."""
+    import math
+
+    where = f"rule {rule!r}, hyperparameter {h.name!r}"
+    for bound in (h.lo, h.hi):
+        if bound is not None and (type(bound) not in (int, float) or not math.isfinite(bound)):
+            raise TypeError(f"{where}: bounds are finite Python numbers or None, not {bound!r}")
+    d = h.default
+    if d is REQUIRED or (h.kind == "optional" and d is None):
+        return
+    if h.kind == "flag":
+        if type(d) is not bool:
+            raise TypeError(f"{where}: a flag's default is True or False, not {d!r}")
+    elif type(d) not in (int, float) or not math.isfinite(d):
+        raise TypeError(f"{where}: the default must be a finite Python float, not {d!r}")
 
 
 def variant(name: str, *, of: str, fixed: Mapping[str, Any] | None = None,

@@ -68,6 +68,7 @@ class Optimizer(Checkpointing):
                  by: str = "epoch", max_grad_norm: float | None = None,
                  nonfinite: str | None = None, backend: str | None = None, **hyper):
         name = type(self).__name__
+        hyper = self._without_fixed(hyper, name)
         specs = {h.name for h in self.hyper_specs()}
         unknown = set(hyper) - specs
         if unknown:
@@ -134,6 +135,20 @@ class Optimizer(Checkpointing):
             if hyper.get(switch):
                 return rule
         return self.variant.rule
+
+    def _without_fixed(self, hyper: dict, where: str) -> dict:
+        """``hyper`` less the variant's fixed values (AdamW's decoupling), which may be given
+        only as they are."""
+        out = dict(hyper)
+        for key, value in self.variant.fixed.items():
+            if key in out:
+                given = out.pop(key)
+                if given is not value and given != value:
+                    raise ValueError(f"{where}: {key}={given!r}, but {type(self).__name__} always "
+                                     f"has {key}={value!r}; use fo."
+                                     f"{self.variant.rule.optimizer or self.variant.rule.name} "
+                                     "to choose it")
+        return out
 
     def _validate(self, hyper: dict, where: str) -> dict:
         """``hyper`` checked against :meth:`hyper_specs` (defaults filled in; named errors)."""

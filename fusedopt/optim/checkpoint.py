@@ -98,8 +98,13 @@ class Checkpointing:
                 or not isinstance(entry.get("state") or {}, dict):
             raise ValueError(f"{where} is not a group's state (a dict with 'hyper', 'params' "
                              "and 'state')")
-        # A checkpoint written before a switch existed has it off.
+        # A checkpoint written before a switch existed has it off; one written when the
+        # variant's fixed values (AdamW's decoupling) were stored holds them: drop them.
         hyper = {**{s: False for s in self.variant.switches}, **entry.get("hyper", {})}
+        try:
+            hyper = self._without_fixed(hyper, where)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         if set(hyper) != set(group.hyper):
             raise ValueError(f"{where} hyperparameters {sorted(hyper)} are not "
                              f"{sorted(group.hyper)}")

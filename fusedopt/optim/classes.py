@@ -50,10 +50,13 @@ def make_class(v: Variant, base: type[Optimizer]) -> type[Optimizer]:
         annotation = {"flag": "bool", "optional": "float | None"}.get(h.kind, "float")
         params.append(f"{h.name}: {annotation}"
                       + ("" if h.default is REQUIRED else f" = {h.default!r}"))
+    # The variant's fixed values are accepted as they are (AdamW(decoupled_weight_decay=True)),
+    # as older fusedopt did; another value is refused by Optimizer.__init__.
+    params += [f"{k}: bool = {value!r}" for k, value in v.fixed.items()]
     params += ["schedule=None", "by: str = 'epoch'", "max_grad_norm: float | None = None",
                "nonfinite: str | None = None", "backend: str | None = None"]
     forwarded = [f"{n}={n}" for n in ("schedule", "by", "max_grad_norm", "nonfinite", "backend")]
-    forwarded += [f"{h.name}={h.name}" for h in specs]
+    forwarded += [f"{h.name}={h.name}" for h in specs] + [f"{k}={k}" for k in v.fixed]
     source = (f"def __init__({', '.join(params)}) -> None:\n"
               f"    _Optimizer.__init__(self, params, {', '.join(forwarded)})\n")
     namespace = {"_Optimizer": Optimizer}

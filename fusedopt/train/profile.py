@@ -40,16 +40,21 @@ class MLPTrainer:
     """The default model for profiling: :class:`fusedopt.MLP` with a fusedopt optimizer."""
 
     def __init__(self, layer_sizes: Sequence[int], *, optimizer: str = "adam",
-                 lr: float | None = None, xp: str = "numpy", seed: int = 0, dtype=np.float32):
+                 lr: float | None = None, xp: str = "numpy", seed: int = 0, dtype=np.float32,
+                 eval_chunk: int = 4096):
         self.net = MLP(layer_sizes, xp=xp, seed=seed, dtype=dtype)
         self.opt = make_optimizer(optimizer, self.net.arena, lr=lr)
+        #: columns per forward pass of :meth:`cost`; the profiler sets it to the batch size
+        #: it probes, so that evaluating never needs more memory than training.
+        self.eval_chunk = eval_chunk
 
     def step(self, X_t, Y_t) -> float:
         """One training step; returns the mini-batch cost."""
         return self.net.train_step(X_t, Y_t, self.opt)
 
-    def cost(self, X, Y, chunk: int = 4096) -> float:
-        """Mean cross-entropy over ``X, Y`` (in chunks, no update)."""
+    def cost(self, X, Y, chunk: int | None = None) -> float:
+        """Mean cross-entropy over ``X, Y`` (in chunks of ``eval_chunk`` columns, no update)."""
+        chunk = chunk or self.eval_chunk
         total, m = 0.0, X.shape[1]
         for start in range(0, m, chunk):
             self.net.forward(X[:, start:start + chunk])
@@ -164,10 +169,11 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
                                        memory_limit=memory_limit, backend=backend)
     evaluation = min(m, 4096)
     X_eval, Y_eval = X[:, :evaluation], Y[:, :evaluation]
-    # Warm up (JIT compile or cache load, first-touch of the code paths) outside any probe.
+    # Warm up (JIT compile or cache load, first-touch of the code paths) outside any probe,
+    # on a few samples: the probes themselves catch running out of memory.
     warm = trainer_factory()
     warm.step(X[:, :min(m, 8)], Y[:, :min(m, 8)])
-    warm.cost(X_eval, Y_eval)
+    warm.cost(X[:, :min(m, 8)], Y[:, :min(m, 8)])
     del warm
     probes: list[Probe] = []
     with contextlib.ExitStack() as stack:
@@ -222,6 +228,8 @@ def _probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed, planned,
     by 0.25% of the budget); evaluation time is not counted as training time.
     """
     trainer = trainer_factory()
+    if hasattr(trainer, "eval_chunk"):  # evaluate at the probed size: no more memory than b
+        trainer.eval_chunk = b
     cost_start = trainer.cost(X_eval, Y_eval)
     target = cost_start * target_fraction
     m = X.shape[1]

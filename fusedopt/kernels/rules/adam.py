@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import sqrt as _host_sqrt
 
-from fusedopt.kernels.language import sqrt
+from fusedopt.kernels.language import maximum, sqrt
 from fusedopt.kernels.registry import GRAD_DOC, GRAD_SCALE, PARAM_DOC, real, register, variant
 from fusedopt.kernels.rules._common import (
     BETA1,
@@ -108,6 +108,6 @@ def amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, beta1,
     g = grad * grad_scale + weight_decay * param
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
-    max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)
+    max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq)  # NaN propagates, as in torch
     denom = sqrt(max_exp_avg_sq) * inv_sqrt_bc2 + eps
     return param - step_size * exp_avg / denom, exp_avg, exp_avg_sq, max_exp_avg_sq

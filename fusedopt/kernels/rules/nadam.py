@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import threading
+import functools
+import math
 from math import sqrt as _host_sqrt
+
+import numpy as np
 
 from fusedopt.kernels.language import sqrt
 from fusedopt.kernels.registry import GRAD_DOC, GRAD_SCALE, PARAM_DOC, real, register
@@ -20,9 +23,10 @@ from fusedopt.kernels.rules._common import (
 )
 
 # -------------------------------------------------------------------------- NAdam
-_MARK_EVERY = 1024  # steps between the products kept, so any step is < 1024 products away
-_MU_PRODUCTS: dict[tuple[float, float], tuple[list[float], int, float]] = {}
-_MU_LOCK = threading.Lock()
+# log(1 - x/2) = -sum_k (1/2)^k x^k / k: 60 terms reach float64's precision for any x <= 1.
+_K = np.arange(1, 61, dtype=np.float64)
+_HALF_POWERS_OVER_K = 0.5**_K / _K
+_LOG_096 = math.log(0.96)
 
 
 def nadam_mu(beta1: float, momentum_decay: float, step: int) -> float:
@@ -30,29 +34,34 @@ def nadam_mu(beta1: float, momentum_decay: float, step: int) -> float:
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
+@functools.lru_cache(maxsize=256)  # the same step for every tensor of a model: computed once
 def nadam_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
-    r""":math:`\prod_{i=1}^{t} \mu_i`, multiplied in order as torch does (bit-identical).
+    r""":math:`\prod_{i=1}^{t} \mu_i` in closed form: constant time for any step.
 
-    Memoised per (beta1, momentum_decay): the next step costs one multiplication;
-    any other step (a resumed run, another optimizer with the same betas at another
-    step) starts from the nearest kept product below it, every 1024 steps. The
-    products are always the same left-to-right sequence, so a resumed run equals an
-    unbroken one.
+    With :math:`q = 0.96^\psi`, :math:`\log \prod_i \mu_i = t \log\beta_1 +
+    \sum_i \log(1 - q^i/2)`, and expanding the logarithm turns the sum over steps
+    into geometric series: :math:`-\sum_k \frac{2^{-k}}{k}\, q^k \frac{1 - q^{tk}}{1 - q^k}`.
+    A pure function of the step (a resumed run equals an unbroken one), equal to
+    torch's running product to float64 rounding (torch multiplies step by step, in
+    float32 unless the default dtype is float64), and never a loop over steps.
     """
-    key = (beta1, momentum_decay)
-    with _MU_LOCK:
-        marks, last_step, last = _MU_PRODUCTS.get(key, ([1.0], 0, 1.0))
-        if step == last_step:
-            return last
-        if step < last_step or step > last_step + _MARK_EVERY:
-            mark = min(step // _MARK_EVERY, len(marks) - 1)
-            last_step, last = mark * _MARK_EVERY, marks[mark]
-        for t in range(last_step + 1, step + 1):
-            last *= nadam_mu(beta1, momentum_decay, t)
-            if t % _MARK_EVERY == 0 and t // _MARK_EVERY == len(marks):
-                marks.append(last)
-        _MU_PRODUCTS[key] = (marks, step, last)
-    return last
+    if beta1 == 0.0:
+        return 0.0
+    log_q = momentum_decay * _LOG_096  # <= 0
+    if log_q > -1e-200:  # psi = 0 (or so small that t * psi is too): every mu_t is beta1 / 2
+        log_sum = -step * math.log(2.0)
+    else:
+        kl, weights = _series(log_q)
+        # -sum_k 2^-k/k q^k (1 - q^(tk)) / (1 - q^k); the two expm1 carry the signs
+        log_sum = -float(np.dot(weights, np.expm1(step * kl)))
+    return math.exp(step * math.log(beta1) + log_sum)
+
+
+@functools.lru_cache(maxsize=64)
+def _series(log_q: float) -> tuple[np.ndarray, np.ndarray]:
+    """The step-independent part of the series, per momentum_decay."""
+    kl = _K * log_q
+    return kl, _HALF_POWERS_OVER_K * np.exp(kl) / np.expm1(kl)
 
 
 def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: float,
