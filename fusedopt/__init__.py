@@ -13,6 +13,8 @@ Nothing heavy is imported here: not CuPy, not torch, and Numba only when the
 first update runs on the CPU.
 """
 
+import sys as _sys
+
 from fusedopt import backends, kernels, schedules
 from fusedopt._version import __version__
 from fusedopt.arena import ParamArena
@@ -49,6 +51,16 @@ from fusedopt.train import (
     plan_batch_size,
     profile_batch_sizes,
 )
+from fusedopt.train import batches as _batches
+from fusedopt.train import datasets as _datasets
+from fusedopt.train import mlp as _mlp
+from fusedopt.train import planner as _planner
+from fusedopt.train import profile as _profile
+
+# The lecture's application moved under fusedopt.train; the old module paths still import.
+for _old, _module in (("batches", _batches), ("datasets", _datasets), ("mlp", _mlp),
+                      ("planner", _planner), ("profile", _profile)):
+    _sys.modules.setdefault(f"fusedopt.{_old}", _module)
 
 __all__ = [
     "MLP",

@@ -68,8 +68,8 @@ def docstring(v: Variant, fname: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def make_function(v: Variant) -> Callable[..., None]:
-    """Generate ``<variant>_``: explicit signature, inline checks, one backend call."""
+def _factory_source(v: Variant) -> str:
+    """Source of ``_make_<variant>_(_F, _NAMES, ...)``, which returns the function."""
     rule = v.rule
     fname = v.name + "_"
     params = [*rule.arrays, "*"]
@@ -85,29 +85,52 @@ def make_function(v: Variant) -> Callable[..., None]:
     if rule.needs_step:
         body += "    step = _step(_F, step)\n"
         entries.append("'step': step")
-    source = (f"def {fname}({', '.join(params)}) -> None:\n"
-              f"{body}"
-              f"    hyper = {{{', '.join(entries)}}}\n"
-              f"    impl, arrays, signature = _arrays(_F, _NAMES, ({', '.join(rule.arrays)},), "
-              "_WRITES, backend)\n"
-              "    try:\n"
-              "        impl.update(_RULE, arrays, hyper, signature)\n"
-              "    except _ScalarRangeError as exc:\n"
-              "        raise ValueError(f'{_F}: {exc}') from None\n")
-    namespace = {"_F": fname, "_NAMES": rule.arrays, "_WRITES": rule.writes, "_RULE": rule,
-                 "_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
-                 "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError}
-    exec(compile(source, f"<fusedopt.functional.{fname}>", "exec", dont_inherit=True), namespace)
-    function = namespace[fname]
-    function.__module__ = __name__
-    function.__qualname__ = fname
-    function.__doc__ = docstring(v, fname)
-    function.__fusedopt_source__ = source  # what was generated, for the curious
-    return function
+    function = (f"def {fname}({', '.join(params)}) -> None:\n"
+                f"{body}"
+                f"    hyper = {{{', '.join(entries)}}}\n"
+                f"    impl, arrays, signature = _arrays(_F, _NAMES, ({', '.join(rule.arrays)},), "
+                "_WRITES, backend)\n"
+                "    try:\n"
+                "        impl.update(_RULE, arrays, hyper, signature)\n"
+                "    except _ScalarRangeError as exc:\n"
+                "        raise ValueError(f'{_F}: {exc}') from None\n")
+    return (f"def _make_{fname}(_F, _NAMES, _WRITES, _RULE):\n"
+            + textwrap.indent(function, "    ") + f"    return {fname}\n\n\n")
 
 
-FUNCTIONS: dict[str, Callable[..., None]] = {v.name + "_": make_function(v)
-                                             for v in VARIANTS.values()}
+_HELPERS = {"_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
+            "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError}
+
+
+def make_functions(variants: list[Variant]) -> dict[str, Callable[..., None]]:
+    """Generate ``<variant>_`` for each variant (explicit signature, inline checks, one backend
+    call), compiling all of them at once."""
+    source = "".join(_factory_source(v) for v in variants)
+    namespace = dict(_HELPERS)
+    exec(compile(source, "<fusedopt.functional (generated)>", "exec", dont_inherit=True),
+         namespace)
+    out = {}
+    for v in variants:
+        fname = v.name + "_"
+        function = namespace[f"_make_{fname}"](fname, v.rule.arrays, v.rule.writes, v.rule)
+        function.__module__ = __name__
+        function.__qualname__ = fname
+        function.__doc__ = docstring(v, fname)
+        out[fname] = function
+    return out
+
+
+def make_function(v: Variant) -> Callable[..., None]:
+    """Generate ``<variant>_`` alone (see :func:`make_functions`)."""
+    return make_functions([v])[v.name + "_"]
+
+
+def generated_source(name: str) -> str:
+    """The Python source generated for ``fo.<name>`` (e.g. ``"adam_"``), for the curious."""
+    return _factory_source(VARIANTS[name.rstrip("_")])
+
+
+FUNCTIONS: dict[str, Callable[..., None]] = make_functions(list(VARIANTS.values()))
 globals().update(FUNCTIONS)
 
 
@@ -152,4 +175,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fusedopt.functional' has no attribute {name!r}")
 
 
-__all__ = [*sorted(FUNCTIONS), "FUNCTIONS", "debias", "docstring", "function", "make_function"]
+__all__ = [*sorted(FUNCTIONS), "FUNCTIONS", "debias", "docstring", "function",
+           "generated_source", "make_function", "make_functions"]

@@ -24,11 +24,14 @@ the subset both understand, stated here once:
 A rule that steps outside this is refused by :func:`validate` at import, with
 the construct and the line named, not later when a backend generates code.
 
-Every function has one meaning on every backend (NaN included), pinned to the
-Python function bound here, which is what the rules run as on plain floats:
+Every function has one meaning on every backend (NaN, signed zeros and
+infinities included), pinned to the Python function bound here. The backends
+follow IEEE arithmetic (Numba with ``error_model="numpy"``, CUDA): where a rule
+run as plain Python on floats would raise (``math.sqrt(-1)``, ``x / 0``,
+``log(0)``), the backends give NaN or an infinity instead.
 
 =============  =====  ===========================================================
-``sqrt(x)``    1      square root (NaN for x < 0)
+``sqrt(x)``    1      square root (NaN for x < 0 on the backends)
 ``abs(x)``     1      absolute value
 ``min(a, b)``  2      ``b if b < a else a`` (Python's ``min``: ``a`` when either is NaN
                       and ``b`` is not smaller)
@@ -45,8 +48,10 @@ Python function bound here, which is what the rules run as on plain floats:
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import math
+import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,8 +199,34 @@ class RuleLanguageError(TypeError):
     """An element rule uses something outside the rule language."""
 
 
+@functools.lru_cache(maxsize=64)
+def _file_tree(filename: str, mtime: float) -> ast.Module | None:
+    try:
+        with open(filename, encoding="utf-8") as f:
+            return ast.parse(f.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def function_tree(function: Callable) -> ast.FunctionDef:
-    """The AST of ``function``'s own source."""
+    """The AST of ``function``'s own source.
+
+    The file is parsed once (a rule file registers several rules) and the function
+    found by its first line; ``inspect.getsource`` (slower: it tokenises to find the
+    block) is the fallback for source that is not in a plain file.
+    """
+    code = function.__code__
+    try:
+        tree = _file_tree(code.co_filename, os.stat(code.co_filename).st_mtime)
+    except OSError:
+        tree = None
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and node.name == code.co_name \
+                    and (node.decorator_list[0].lineno if node.decorator_list
+                         else node.lineno) == code.co_firstlineno:
+                return node
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     return next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
 

@@ -40,11 +40,8 @@ def _docstring(cls_name: str, v: Variant, specs) -> str:
     return "\n".join(lines)
 
 
-def make_class(v: Variant, base: type[Optimizer]) -> type[Optimizer]:
-    """Generate the optimizer class of variant ``v`` (subclassing ``base``)."""
-    cls_name = v.optimizer
-    cls = type(cls_name, (base,), {"variant": v, "__module__": "fusedopt.optim"})
-    specs = cls.hyper_specs()
+def _init_source(name: str, v: Variant, specs) -> str:
+    """Source of the ``__init__`` called ``name``: every hyperparameter, then the options."""
     params = ["self", "params", "*"]
     for h in specs:
         annotation = {"flag": "bool", "optional": "float | None"}.get(h.kind, "float")
@@ -57,28 +54,44 @@ def make_class(v: Variant, base: type[Optimizer]) -> type[Optimizer]:
                "nonfinite: str | None = None", "backend: str | None = None"]
     forwarded = [f"{n}={n}" for n in ("schedule", "by", "max_grad_norm", "nonfinite", "backend")]
     forwarded += [f"{h.name}={h.name}" for h in specs] + [f"{k}={k}" for k in v.fixed]
-    source = (f"def __init__({', '.join(params)}) -> None:\n"
-              f"    _Optimizer.__init__(self, params, {', '.join(forwarded)})\n")
+    return (f"def {name}({', '.join(params)}) -> None:\n"
+            f"    _Optimizer.__init__(self, params, {', '.join(forwarded)})\n\n\n")
+
+
+def make_classes(pairs: list[tuple[Variant, type[Optimizer]]]) -> list[type[Optimizer]]:
+    """Generate the optimizer class of each (variant, base class), compiling every
+    ``__init__`` at once."""
+    classes = [type(v.optimizer, (base,), {"variant": v, "__module__": "fusedopt.optim"})
+               for v, base in pairs]
+    source = "".join(_init_source(f"_init_{cls.__name__}", v, cls.hyper_specs())
+                     for cls, (v, _) in zip(classes, pairs, strict=True))
     namespace = {"_Optimizer": Optimizer}
-    exec(compile(source, f"<fusedopt.optim.{cls_name}.__init__>", "exec", dont_inherit=True),
-         namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls_name}.__init__"
-    init.__module__ = "fusedopt.optim"
-    cls.__init__ = init
-    cls.__doc__ = _docstring(cls_name, v, specs)
-    cls.__qualname__ = cls_name
-    return cls
+    exec(compile(source, "<fusedopt.optim (generated)>", "exec", dont_inherit=True), namespace)
+    for cls, (v, _) in zip(classes, pairs, strict=True):
+        init = namespace[f"_init_{cls.__name__}"]
+        init.__name__ = "__init__"
+        init.__qualname__ = f"{cls.__name__}.__init__"
+        init.__module__ = "fusedopt.optim"
+        cls.__init__ = init
+        cls.__doc__ = _docstring(cls.__name__, v, cls.hyper_specs())
+        cls.__qualname__ = cls.__name__
+    return classes
+
+
+def make_class(v: Variant, base: type[Optimizer]) -> type[Optimizer]:
+    """Generate the optimizer class of variant ``v`` (subclassing ``base``)."""
+    return make_classes([(v, base)])[0]
 
 
 def _generate() -> dict[str, type[Optimizer]]:
-    classes: dict[str, type[Optimizer]] = {}
-    # A variant's class subclasses its rule's own class (AdamW is an Adam), so rules first.
-    ordered = sorted((v for v in VARIANTS.values() if v.optimizer),
-                     key=lambda v: v.name != v.rule.name)
-    for v in ordered:
-        own = classes.get(v.rule.name) if v.name != v.rule.name else None
-        classes[v.name] = make_class(v, own or Optimizer)
+    # A variant's class subclasses its rule's own class (AdamW is an Adam): rules first.
+    rules = [v for v in VARIANTS.values() if v.optimizer and v.name == v.rule.name]
+    classes = dict(zip((v.name for v in rules),
+                       make_classes([(v, Optimizer) for v in rules]), strict=True))
+    others = [v for v in VARIANTS.values() if v.optimizer and v.name != v.rule.name]
+    pairs = [(v, classes.get(v.rule.name, Optimizer)) for v in others]
+    classes.update(zip((v.name for v in others), make_classes(pairs) if pairs else [],
+                       strict=True))
     return classes
 
 
