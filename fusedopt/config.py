@@ -67,6 +67,33 @@ CUDA_VECTOR_LOADS: bool = os.environ.get("FUSEDOPT_CUDA_VECTOR_LOADS", "1") != "
 PLANNER_MARGIN_FRACTION: float = 0.10
 #: On a GPU, also this many bytes (the CUDA context, cuBLAS workspaces, CuPy's pool slack).
 PLANNER_GPU_OVERHEAD_BYTES: int = 256 * 2**20
+#: On the CPU, the training loop's own Python and NumPy bookkeeping (the optimizer's and
+#: the MLP's objects, array views, the epoch's random generator, the generator of
+#: mini-batches, NumPy's reduction buffers), which only small models feel: fitted with
+#: tracemalloc over the library's loop (Python 3.11, NumPy 2.4; 1 to 7 layers, every
+#: optimizer, both dtypes, b from 1 to 128) as about 12 KiB + 0.5 KiB per tensor + 48 B per
+#: tensor and state slot, and 8 KiB more with many mini-batches an epoch; within about
+#: 6 KiB, so the planner's promise for loops under 128 KiB is absolute (12 KiB).
+PLANNER_LOOP_OVERHEAD_BYTES: int = 12 * 1024
+PLANNER_TENSOR_OVERHEAD_BYTES: int = 512
+PLANNER_STATE_OVERHEAD_BYTES: int = 48
+#: ... and this much more when an epoch has eight mini-batches or more.
+PLANNER_BATCH_OVERHEAD_BYTES: int = 8 * 1024
+#: The profiler keeps at most this many (seconds, cost) points of each probe's training
+#: curve (a quarter as many of its evaluations), in preallocated float64 arrays.
+PROFILER_CURVE_POINTS: int = 1024
+#: What a probe holds besides the training loop itself: those records (and small objects).
+PROFILER_RECORD_BYTES: int = (PROFILER_CURVE_POINTS * 16  # (seconds, cost) of each step
+                              + PROFILER_CURVE_POINTS // 4 * 16  # of each evaluation
+                              + PROFILER_CURVE_POINTS * 8  # the latest step times
+                              + 4096)  # the probe's small objects
+#: Each batch size's step is timed in this many rounds, interleaved with the other sizes;
+#: sizes whose times to the target cost are within this fraction of the fastest are a tie,
+#: which the larger batch wins (more throughput, fewer steps). The fraction is the
+#: measurement's resolution on a shared machine: the step that reaches the target is known
+#: to 5%, and the median step time moved by up to 15% between runs on the CI machine.
+PROFILER_REPEATS: int = 15
+PROFILER_TIE_FRACTION: float = 0.20
 #: The lecture's rules: full batch up to this many samples; otherwise a power of two in range.
 FULL_BATCH_MAX_SAMPLES: int = 2000
 MINIBATCH_SIZES: tuple[int, ...] = (64, 128, 256, 512)

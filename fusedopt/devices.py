@@ -31,35 +31,72 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def cgroup_limit(root: str = "/sys/fs/cgroup") -> tuple[int, int, str] | None:
-    """(limit, usage, source) from cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``.
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            raw = f.read().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None
 
-    None when no finite limit is set.
-    """
-    candidates = [
-        (os.path.join(root, "memory.max"), os.path.join(root, "memory.current"), "cgroup v2"),
-        (os.path.join(root, "memory", "memory.limit_in_bytes"),
-         os.path.join(root, "memory", "memory.usage_in_bytes"), "cgroup v1"),
-    ]
-    for limit_path, usage_path, source in candidates:
-        try:
-            with open(limit_path) as f:
-                raw = f.read().strip()
-        except OSError:
+
+def _own_cgroups(proc_cgroup: str) -> tuple[str | None, str | None]:
+    """This process's (v2 path, v1 memory-controller path) from ``/proc/self/cgroup``."""
+    v2 = v1 = None
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
             continue
-        if raw == "max" or not raw.isdigit() or int(raw) >= _UNLIMITED:
-            return None
-        try:
-            with open(usage_path) as f:
-                usage = int(f.read().strip())
-        except (OSError, ValueError):
-            usage = 0
-        return int(raw), usage, f"{source} ({limit_path})"
-    return None
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
 
 
-def cpu_memory(meminfo_path: str = "/proc/meminfo",
-               cgroup_root: str = "/sys/fs/cgroup") -> MemoryInfo:
+def _levels(base: str, path: str | None) -> list[str]:
+    """``base/path`` and each of its ancestors up to ``base``: limits nest, the tightest
+    one anywhere above the process applies."""
+    parts = [p for p in (path or "/").split("/") if p and p not in (".", "..")]
+    return [os.path.join(base, *parts[:k]) for k in range(len(parts), -1, -1)]
+
+
+def cgroup_limit(root: str = "/sys/fs/cgroup",
+                 proc_cgroup: str = "/proc/self/cgroup") -> tuple[int, int, str] | None:
+    """(limit, usage, source): the tightest memory limit on this process's own cgroup and
+    its ancestors, cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``.
+
+    The process's cgroup is read from ``/proc/self/cgroup`` (a container's limit is
+    often set below the mount root, not on it). None when no finite limit is set.
+    """
+    v2_path, v1_path = _own_cgroups(proc_cgroup)
+    candidates = []
+    for base in (root, os.path.join(root, "unified")):  # v2, or v2 beside v1 (hybrid)
+        for level in _levels(base, v2_path):
+            candidates.append((os.path.join(level, "memory.max"),
+                               os.path.join(level, "memory.current"), "cgroup v2"))
+    for level in _levels(os.path.join(root, "memory"), v1_path):
+        candidates.append((os.path.join(level, "memory.limit_in_bytes"),
+                           os.path.join(level, "memory.usage_in_bytes"), "cgroup v1"))
+    best = None
+    for limit_path, usage_path, source in candidates:
+        limit = _read_int(limit_path)  # "max" (v2's no limit) reads as None
+        if limit is None or limit >= _UNLIMITED:
+            continue
+        usage = _read_int(usage_path) or 0
+        if best is None or limit - usage < best[0] - best[1]:
+            best = (limit, usage, f"{source} ({limit_path})")
+    return best
+
+
+def cpu_memory(meminfo_path: str = "/proc/meminfo", cgroup_root: str = "/sys/fs/cgroup",
+               proc_cgroup: str = "/proc/self/cgroup") -> MemoryInfo:
     """CPU memory for this process: the tighter of the machine's and the container's."""
     try:
         with open(meminfo_path) as f:
@@ -75,7 +112,7 @@ def cpu_memory(meminfo_path: str = "/proc/meminfo",
                                "(pip install psutil), or pass memory_limit=") from None
         vm = psutil.virtual_memory()
         result = MemoryInfo(vm.total, vm.available, "psutil")
-    limit = cgroup_limit(cgroup_root)
+    limit = cgroup_limit(cgroup_root, proc_cgroup)
     if limit is not None:
         cap, usage, source = limit
         if cap - usage < result.available_bytes:

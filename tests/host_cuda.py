@@ -110,6 +110,10 @@ class ndarray(np.ndarray):
     def get(self) -> np.ndarray:
         return np.array(self)
 
+    def set(self, host: np.ndarray) -> None:  # cupy.ndarray.set: host to device, in place
+        assert host.shape == self.shape and host.dtype == self.dtype
+        np.copyto(self.view(np.ndarray), host)
+
 
 ndarray.__module__ = "cupy._core.core"
 

@@ -83,11 +83,15 @@ def test_bench_model_json():
 
 
 def test_plan_prints_the_plan_and_its_breakdown():
-    out = fusedopt("plan", "--m", "5000000", "--n-x", "784", "--layers", "784,256,10",
+    out = fusedopt("plan", "--m", "1000000", "--n-x", "784", "--layers", "784,256,10",
                    "--optimizer", "adam", "--memory", "8GiB")
     assert out.returncode == 0, out.stderr
     assert "batch size: 512" in out.stdout and "optimizer state (2 slots)" in out.stdout
-    assert "8.00 GiB available" in out.stdout
+    assert "8.00 GiB available" in out.stdout and "the training set X, Y" in out.stdout
+    # 5 million samples of 784 floats do not fit in 8 GiB beside anything: the plan says so
+    big = fusedopt("plan", "--m", "5000000", "--n-x", "784", "--layers", "784,256,10",
+                   "--memory", "8GiB")
+    assert big.returncode == 1 and "training set" in big.stdout
 
 
 def test_plan_that_does_not_fit_exits_1():

@@ -108,4 +108,7 @@ def _batches(X, Y, batch_size, sample_axis, y_axis, m, shuffle, rng, drop_last, 
             X_t = xp.take(X, index, axis=sample_axis)
             Y_t = xp.take(Y, index, axis=y_axis)
         yield X_t, Y_t
+        # Hold nothing between batches: the next batch is gathered while the caller still
+        # holds this one, and the generator must not hold it a second time.
+        del X_t, Y_t, index
 

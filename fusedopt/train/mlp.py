@@ -57,11 +57,22 @@ class MLP:
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
         for layer, W in enumerate(self.weights):
-            W[...] = self.xp.asarray(
-                rng.standard_normal(W.shape) * np.sqrt(2.0 / sizes[layer])).astype(self.dtype)
+            self._he_init(rng, W, np.sqrt(2.0 / sizes[layer]))
         self._batch = None
         self._A: list = []
         self._delta: list = []
+
+    def _he_init(self, rng, W, scale: float) -> None:
+        """``W ~ N(0, scale^2)`` drawn in W's own dtype, straight into W: building the model
+        allocates nothing beyond its arena (a float64 draw of the largest weight would
+        have cost 12 bytes per element, more than a whole step at small batches)."""
+        if self.xp is np:
+            rng.standard_normal(out=W, dtype=W.dtype)
+            W *= W.dtype.type(scale)
+        else:  # drawn on the host, in W's dtype, copied into the device array in place
+            host = rng.standard_normal(W.shape, dtype=W.dtype)
+            host *= W.dtype.type(scale)
+            W.set(host)
 
     # ------------------------------------------------ what the memory planner asks
     @staticmethod
@@ -73,24 +84,31 @@ class MLP:
         return shapes
 
     @staticmethod
-    def activation_bytes(layer_sizes: Sequence[int], batch_size: int,
-                         dtype=np.float32) -> dict[str, int]:
-        """Bytes of what one training step at ``batch_size`` holds besides the parameters.
+    def activation_bytes(layer_sizes: Sequence[int], batch_size: int, dtype=np.float32, *,
+                         x_dtype=None, y_dtype=None) -> dict[str, int]:
+        """Bytes of what training at ``batch_size`` holds besides the parameters.
 
-        ``A[l]`` and one delta buffer per layer (``n_l x b`` each, see
-        :meth:`_workspace`), plus the largest temporary: the ReLU mask of
-        backward propagation (one byte per element of the widest hidden layer)
-        or the softmax's column reductions. Python integers: no overflow.
+        ``activations A[l]`` and ``backward deltas`` are the workspace (one
+        ``n_l x b`` buffer of each per layer, see :meth:`_workspace`), kept from
+        step to step. ``step temporaries`` live only inside a step: the largest of
+        the ReLU mask of backward propagation (one byte per element of the widest
+        hidden layer), the softmax's column reduction or the sigmoid's ``1 - Y``
+        (one row), and a copy of ``X{t}`` in the parameters' dtype that matrix
+        products make when ``x_dtype`` differs. Python integers: no overflow.
         """
         itemsize = np.dtype(dtype).itemsize
-        batch_size = int(batch_size)
+        b = int(batch_size)
         units = sum(int(n) for n in layer_sizes[1:])
         hidden = [int(n) for n in layer_sizes[1:-1]]
-        mask = max(hidden) * batch_size if hidden else 0
-        reductions = batch_size * itemsize
-        return {"activations A[l]": units * batch_size * itemsize,
-                "backward deltas": units * batch_size * itemsize,
-                "temporaries": max(mask, reductions)}
+        # Backward multiplies by the bool mask: NumPy casts it in buffers of at most
+        # 8192 elements (np.getbufsize()) of the parameters' dtype.
+        mask = max(hidden) * b + min(8192, max(hidden) * b) * itemsize if hidden else 0
+        row = b * max(itemsize, np.dtype(y_dtype or dtype).itemsize)
+        cast = (int(layer_sizes[0]) * b * itemsize
+                if x_dtype is not None and np.dtype(x_dtype) != np.dtype(dtype) else 0)
+        return {"activations A[l]": units * b * itemsize,
+                "backward deltas": units * b * itemsize,
+                "step temporaries": max(mask, row) + cast}
 
     @property
     def weights(self) -> list:

@@ -19,7 +19,6 @@ and X{t}, Y{t} must fit in CPU/GPU memory. This module turns them into numbers:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -27,30 +26,19 @@ from numbers import Integral
 import numpy as np
 
 from fusedopt import _checks, config, devices
-from fusedopt.arena import ALIGN_BYTES, layout
-from fusedopt.kernels import optimizer_names, optimizer_rule
-from fusedopt.train.mlp import MLP
-
-
-def state_slots(optimizer: str) -> int:
-    """State arrays per parameter of the optimizer called ``optimizer`` (from its rule)."""
-    return len(optimizer_rule(optimizer).state)
-
-
-def _check_optimizer(f: str, optimizer) -> None:
-    if optimizer not in optimizer_names():
-        raise ValueError(f"{f}: optimizer={optimizer!r}; choose one of "
-                         f"{sorted(optimizer_names())}")
-
-
-# ------------------------------------------------------------------ the memory model
-#: No dimension (or layer size, or sample count) can be larger: no machine holds 2**62 bytes.
-MAX_DIMENSION = 2**62
-
-
-def array_bytes(shape: Sequence[int], dtype) -> int:
-    """Bytes of one dense array (Python integers: byte counts never wrap around)."""
-    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+from fusedopt.train.memory_model import (  # noqa: F401  (the model's names, as before)
+    MAX_DIMENSION,
+    arena_buffer_elements,
+    array_bytes,
+    batch_bytes,
+    dataset_bytes,
+    mlp_activation_bytes,
+    mlp_shapes,
+    parameter_bytes,
+    state_slots,
+    step_peak_bytes,
+)
+from fusedopt.train.memory_model import check_optimizer as _check_optimizer
 
 
 def _dimensions(f: str, name: str, values, lo: int = 0) -> tuple[int, ...]:
@@ -65,62 +53,6 @@ def _dimensions(f: str, name: str, values, lo: int = 0) -> tuple[int, ...]:
                              f"from {lo} to 2**62")
         out.append(int(d))
     return tuple(out)
-
-
-def batch_bytes(n_x: int, n_y: int, batch_size: int, x_dtype=np.float32,
-                y_dtype=np.float32) -> dict[str, int]:
-    """Bytes of one mini-batch ``X{t}: (n_x, b)`` and ``Y{t}: (n_y, b)`` (either layout)."""
-    return {"X{t}": array_bytes((n_x, batch_size), x_dtype),
-            "Y{t}": array_bytes((n_y, batch_size), y_dtype)}
-
-
-def mlp_shapes(layer_sizes: Sequence[int]) -> list[tuple[int, int]]:
-    """Parameter shapes of :class:`fusedopt.MLP` (asked of the MLP)."""
-    return MLP.parameter_shapes(layer_sizes)
-
-
-def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
-    """Elements of a :class:`ParamArena` buffer (the arena's own layout, alignment included)."""
-    _, totals = layout(shapes, [dtype] * len(shapes))
-    return sum(totals.values())
-
-
-def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
-                    gpu: bool = False) -> dict[str, int]:
-    """Parameters, gradients and optimizer state of a model held in a ParamArena."""
-    _check_optimizer("parameter_bytes", optimizer)
-    itemsize = np.dtype(dtype).itemsize
-    n = arena_buffer_elements(shapes, dtype)
-    # On the CPU the arena over-allocates one alignment pad per buffer.
-    buffer = n * itemsize + (0 if gpu else ALIGN_BYTES)
-    slots = state_slots(optimizer)
-    return {"parameters": buffer, "gradients": buffer,
-            f"optimizer state ({slots} slots)": slots * n * itemsize}
-
-
-def mlp_activation_bytes(layer_sizes: Sequence[int], batch_size: int,
-                         dtype=np.float32) -> dict[str, int]:
-    """Activations and backward temporaries of :class:`fusedopt.MLP` for one step (asked of
-    the MLP: :meth:`fusedopt.MLP.activation_bytes`)."""
-    return MLP.activation_bytes(layer_sizes, batch_size, dtype)
-
-
-def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
-                    layer_sizes: Sequence[int] | None = None,
-                    activation_bytes_per_sample: int | None = None, dtype=np.float32,
-                    x_dtype=np.float32, y_dtype=np.float32, optimizer: str = "adam",
-                    shuffle: bool = True, gpu: bool = False) -> dict[str, int]:
-    """Every item alive at the peak of one training step, by name (bytes)."""
-    out = {}
-    out.update(parameter_bytes(shapes, dtype, optimizer, gpu))
-    out.update(batch_bytes(n_x, n_y, batch_size, x_dtype, y_dtype))
-    if shuffle:
-        out["permutation"] = 8 * m  # int64 indices of this epoch's shuffle
-    if layer_sizes is not None:
-        out.update(mlp_activation_bytes(layer_sizes, batch_size, dtype))
-    else:
-        out["activations (per sample x b)"] = int(activation_bytes_per_sample) * batch_size
-    return out
 
 
 # ------------------------------------------------------------------ the plan
@@ -199,7 +131,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                     activation_bytes_per_sample: int | None = None, optimizer: str = "adam",
                     memory_limit: int | None = None, backend: str | None = None,
                     sample_axis: int = 1, dtype=np.float32,
-                    param_shapes=None) -> BatchPlan:
+                    param_shapes=None, extra_bytes: int = 0) -> BatchPlan:
     """Choose the mini-batch size by the lecture's rules, checked against free memory.
 
     Args:
@@ -215,6 +147,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
             ``None`` (default) decides by where ``X`` lives (the CPU for shapes).
         dtype: the parameters' dtype.
         param_shapes: parameter shapes (default: those of ``layer_sizes``' MLP).
+        extra_bytes: what the caller holds beside the training loop (the profiler's
+            records, say), counted in every peak.
 
     Returns:
         A :class:`BatchPlan`.
@@ -256,6 +190,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         shapes = [_dimensions(f, f"param_shapes[{i}]", shape) for i, shape in
                   enumerate(param_shapes)]
     _check_optimizer(f, optimizer)
+    extra_bytes = int(_checks.real(f, "extra_bytes", extra_bytes, 0.0))
     gpu = backend == "cupy" or (backend is None and x_kind == "cupy")
     device = "gpu" if gpu else "cpu"
     if memory_limit is not None:
@@ -269,17 +204,23 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         available = available_memory(device)
     margin = config.PLANNER_MARGIN_FRACTION
     usable = int(available * (1 - margin)) - (config.PLANNER_GPU_OVERHEAD_BYTES if gpu else 0)
-    dataset = array_bytes(x_shape, x_dtype) + array_bytes(y_shape, y_dtype)
-    # The data set occupies the device's memory unless it is already there (arrays on the CPU
-    # are already counted in what the CPU has free; a GPU plan must find room for them).
+    dataset = dataset_bytes(x_shape, x_dtype, y_shape, y_dtype)
+    # The library's loop holds the whole training set where it trains. Arrays already there
+    # are already out of what the device has free; otherwise (shapes, data on another
+    # device, or a memory_limit to plan within) the plan must find room for them too.
     resident_already = x_kind == ("cupy" if gpu else "numpy") and memory_limit is None
 
     def peak(b: int) -> dict[str, int]:
-        return step_peak_bytes(n_x=n_x, n_y=n_y, m=m, batch_size=b, shapes=shapes,
-                               layer_sizes=layer_sizes,
-                               activation_bytes_per_sample=activation_bytes_per_sample,
-                               dtype=dtype, x_dtype=x_dtype, y_dtype=y_dtype,
-                               optimizer=optimizer, gpu=gpu)
+        parts = step_peak_bytes(n_x=n_x, n_y=n_y, m=m, batch_size=b, shapes=shapes,
+                                layer_sizes=layer_sizes,
+                                activation_bytes_per_sample=activation_bytes_per_sample,
+                                dtype=dtype, x_dtype=x_dtype, y_dtype=y_dtype,
+                                optimizer=optimizer, gpu=gpu)
+        if not resident_already:
+            parts["the training set X, Y"] = dataset
+        if extra_bytes:
+            parts["the caller's own (extra_bytes)"] = extra_bytes
+        return parts
 
     def total(b: int) -> int:
         return sum(peak(b).values())
@@ -315,14 +256,13 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                       "optimizer state) or more memory")
         else:
             batch = 1
-            reason = (f"nothing fits: the parameters, gradients and optimizer state alone "
+            reason = (f"nothing fits: the parameters, gradients, optimizer state"
+                      f"{'' if resident_already else ' and the training set'} alone "
                       f"need {_human(total(1))}, more than the {_human(usable)} usable")
     breakdown = peak(batch)
-    if gpu and not resident_already:
-        breakdown = {**breakdown, "data set (if kept on the device)": dataset}
     chosen = total(batch)
-    # Can the whole data set stay on the device next to a step at the chosen size?
-    data_fits = resident_already or (max_fit >= batch and dataset + chosen <= usable)
+    # The training set is counted in every peak above: it fits wherever a step does.
+    data_fits = resident_already or max_fit >= 1
     plan = BatchPlan(batch_size=batch, fits=max_fit >= batch, peak_bytes=chosen,
                      available_bytes=available, breakdown=breakdown,
                      max_fitting_batch_size=max_fit, data_fits_on_device=bool(data_fits),

@@ -28,12 +28,20 @@ from numbers import Integral
 
 import numpy as np
 
-from fusedopt import _checks
+from fusedopt import _checks, config
 from fusedopt.optim import make_optimizer, to_host
 from fusedopt.train import planner
 from fusedopt.train.batches import minibatches
 from fusedopt.train.mlp import MLP
-from fusedopt.train.profile_report import Probe, Profile, finite_json, speed
+from fusedopt.train.profile_report import (
+    Probe,
+    Profile,
+    combine,
+    finite_json,
+    recommend,
+    speed,
+    step_time_model,
+)
 
 
 class MLPTrainer:
@@ -118,7 +126,8 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
                         seconds: float = 2.0, backend: str | None = None,
                         memory_limit: int | None = None, seed: int = 0,
                         progress: bool = True, noise_scale: bool = True,
-                        target_fraction: float = 0.05, out_dir: str | None = None) -> Profile:
+                        target_fraction: float = 0.05, out_dir: str | None = None,
+                        repeats: int | None = None) -> Profile:
     """Train at each batch size and recommend the one that lowers the cost fastest.
 
     "Fastest" is the shortest training time for the cost on the training set to
@@ -141,11 +150,16 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
         noise_scale: estimate the gradient noise scale.
         target_fraction: the cost target, as a fraction of the starting cost.
         out_dir: if given, write ``profile.json`` and the PNG plots there.
+        repeats: probes per size, interleaved (default ``config.PROFILER_REPEATS``); the
+            table gives each size's median and spread, and sizes within noise of the
+            fastest are a tie that the largest of them wins.
     """
     f = "profile_batch_sizes"
     if out_dir is not None:
         out_dir = _checks.output_dir(f, "out_dir", out_dir)
     _checks.real(f, "seconds", seconds, 0.0, lo_open=True)
+    repeats = _checks.count(f, "repeats", config.PROFILER_REPEATS if repeats is None
+                            else repeats, "probes per batch size", "probe each size once")
     _checks.real(f, "target_fraction", target_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     m = X.shape[1]
     n_x, n_y = X.shape[0], Y.shape[0]
@@ -166,7 +180,9 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
             return MLPTrainer(layer_sizes, optimizer=optimizer, lr=lr, xp=xp, seed=seed)
 
         plan = planner.plan_batch_size(X, Y, layer_sizes=layer_sizes, optimizer=optimizer,
-                                       memory_limit=memory_limit, backend=backend)
+                                       memory_limit=memory_limit, backend=backend,
+                                       extra_bytes=0 if xp == "cupy"
+                                       else config.PROFILER_RECORD_BYTES)
     evaluation = min(m, 4096)
     X_eval, Y_eval = X[:, :evaluation], Y[:, :evaluation]
     # Warm up (JIT compile or cache load, first-touch of the code paths) outside any probe,
@@ -175,37 +191,52 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
     warm.step(X[:, :min(m, 8)], Y[:, :min(m, 8)])
     warm.cost(X[:, :min(m, 8)], Y[:, :min(m, 8)])
     del warm
-    probes: list[Probe] = []
+    found: dict[int, Probe] = {}
     with contextlib.ExitStack() as stack:
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = stack.enter_context(tqdm(total=len(sizes), desc="batch sizes", unit="size",
-                                           file=sys.stderr))
+            bar = stack.enter_context(tqdm(total=len(sizes) * (1 + repeats),
+                                           desc="batch sizes", unit="run", file=sys.stderr))
+        # 1. Train once at each size, largest first (after an out-of-memory the smaller
+        # sizes go on): the steps to the target cost, the same whatever the timing.
         for b in sizes:
             planned = plan.peak_bytes_at(b) if plan is not None else None
             if memory_limit is not None and planned is not None and planned > plan.usable_bytes:
-                probes.append(Probe(b, "predicted not to fit", planned_peak_bytes=planned,
-                                    error=f"needs {planned} bytes; {plan.usable_bytes} usable "
-                                          f"of memory_limit {memory_limit}"))
+                found[b] = Probe(b, "predicted not to fit", planned_peak_bytes=planned,
+                                 error=f"needs {planned} bytes; {plan.usable_bytes} usable of "
+                                       f"memory_limit {memory_limit}")
             else:
                 try:
-                    probes.append(_probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds,
-                                         seed, planned, target_fraction))
+                    found[b] = _probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds,
+                                      seed, planned, target_fraction)
                 except _oom_errors() as exc:
-                    probes.append(Probe(b, "out of memory", planned_peak_bytes=planned,
-                                        error=f"{type(exc).__name__}: {exc}"[:200]))
+                    found[b] = Probe(b, "out of memory", planned_peak_bytes=planned,
+                                     error=f"{type(exc).__name__}: {exc}"[:200])
             if bar is not None:
-                last = probes[-1]
-                bar.set_postfix_str(f"b={b}: {last.status}"
-                                    + (f", {last.samples_per_s:.0f} samples/s"
-                                       if last.status == "ok" else ""))
+                bar.set_postfix_str(f"b={b}: {found[b].status}")
                 bar.update(1)
-    probes.sort(key=lambda p: p.batch_size)
+        # 2. Time a step at each size, round after round, interleaved: noise on a shared
+        # machine hits every size alike, and the rounds give each time its spread.
+        timed = [b for b in sizes if found[b].status == "ok"]
+        rounds: dict[int, list[float]] = {b: [] for b in timed}
+        for r in range(repeats):
+            for b in (timed if r % 2 else timed[::-1]):  # each size early and late in turn
+                try:
+                    rounds[b].append(_step_seconds(trainer_factory, X, Y, b, seed))
+                except _oom_errors():  # the probe fit; a timing run cannot need more
+                    pass
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.update(len(sizes) - len(timed))
+    model = step_time_model(rounds)
+    probes = sorted((combine(found[b], rounds.get(b, []), model) for b in sizes),
+                    key=lambda p: p.batch_size)
     ok = [p for p in probes if p.status == "ok"]
-    recommended = min(ok, key=_rank).batch_size if ok else None
-    comparison = _compare(plan, recommended, probes)
+    recommended, rule = recommend(probes)
+    comparison = rule + "\n" + _compare(plan, recommended, probes)
     noise = None
     if noise_scale and ok:
         trainer = trainer_factory()
@@ -220,12 +251,63 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
     return profile
 
 
+def _step_seconds(trainer_factory, X, Y, b: int, seed: int) -> float:
+    """Seconds of one training step at batch size ``b`` (a fresh model, one batch, at least
+    2 ms of steps timed after one untimed step)."""
+    trainer = trainer_factory()
+    X_t, Y_t = next(iter(minibatches(X, Y, b, seed=seed)))
+    start = time.perf_counter()
+    trainer.step(X_t, Y_t)
+    once = max(time.perf_counter() - start, 1e-7)
+    count = min(64, max(2, math.ceil(2e-3 / once)))
+    start = time.perf_counter()
+    for _ in range(count):
+        trainer.step(X_t, Y_t)
+    return (time.perf_counter() - start) / count
+
+
+class _Trace:
+    """At most ``capacity`` (seconds, cost) points in one preallocated array: when full, every
+    other point is dropped and only every other later one kept, so a long run's record
+    stays a fixed, small size (the planner counts it: ``config.PROFILER_RECORD_BYTES``)."""
+
+    def __init__(self, capacity: int):
+        self.points = np.empty((capacity, 2))
+        self.n = 0
+        self.stride = 1
+        self.seen = 0
+
+    def add(self, seconds: float, cost: float) -> None:
+        self.seen += 1
+        if (self.seen - 1) % self.stride:
+            return
+        if self.n == len(self.points):
+            self.points[: self.n // 2] = self.points[0:self.n:2]
+            self.n //= 2
+            self.stride *= 2
+        self.points[self.n] = seconds, cost
+        self.n += 1
+
+    def as_list(self) -> list[tuple[float, float]]:
+        return [(float(t), float(c)) for t, c in self.points[: self.n]]
+
+    def as_array(self) -> np.ndarray:
+        return self.points[: self.n].copy()
+
+    def last(self) -> tuple[float, float]:
+        return tuple(self.points[self.n - 1])
+
+
 def _probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed, planned,
            target_fraction) -> Probe:
     """Train a fresh model at batch size ``b`` until the cost falls to the target or time is up.
 
-    The training-set cost is evaluated whenever training time has grown by 5% (or
-    by 0.25% of the budget); evaluation time is not counted as training time.
+    The time to the target is the number of steps it took times the median time of a
+    step: with the seeds fixed, the steps are the same in every repeat, and the median
+    step time is the timing least disturbed by a noisy machine. The training-set cost
+    is evaluated at step counts growing by 5% (every step for the first 20), so the
+    step that reaches the target is known to 5%; evaluation runs in chunks of ``b``
+    columns (no more memory than training at ``b``) and is not counted as training.
     """
     trainer = trainer_factory()
     if hasattr(trainer, "eval_chunk"):  # evaluate at the probed size: no more memory than b
@@ -233,46 +315,48 @@ def _probe(trainer_factory, X, Y, X_eval, Y_eval, b, seconds, seed, planned,
     cost_start = trainer.cost(X_eval, Y_eval)
     target = cost_start * target_fraction
     m = X.shape[1]
-    curve, costs = [], [(0.0, cost_start)]
+    curve = _Trace(config.PROFILER_CURVE_POINTS)
+    costs = _Trace(config.PROFILER_CURVE_POINTS // 4)
+    costs.add(0.0, cost_start)
+    durations = np.empty(config.PROFILER_CURVE_POINTS)  # the latest step times, a ring
     steps = samples = 0
-    elapsed = since_eval = 0.0
-    reached = None
+    elapsed = 0.0
+    next_eval = 1
+    reached_step = None
     epoch_rng = np.random.default_rng(seed)
-    while elapsed < seconds and reached is None:
+    while elapsed < seconds and reached_step is None:
         for X_t, Y_t in minibatches(X, Y, b, seed=epoch_rng):
             t0 = time.perf_counter()
             cost = trainer.step(X_t, Y_t)
             spent = time.perf_counter() - t0
+            durations[steps % len(durations)] = spent
             elapsed += spent
-            since_eval += spent
             steps += 1
             samples += X_t.shape[1]
-            curve.append((elapsed, float(cost)))
-            # Evaluate often enough to time the target to within 5% (and 0.25% of the budget).
-            if since_eval >= min(seconds / 400, 0.05 * elapsed) or elapsed >= seconds:
-                since_eval = 0.0
-                costs.append((elapsed, trainer.cost(X_eval, Y_eval)))
-                if costs[-1][1] <= target:
-                    reached = elapsed
+            curve.add(elapsed, float(cost))
+            if steps >= next_eval or elapsed >= seconds:
+                next_eval = steps + max(1, steps // 20) if steps >= 20 else steps + 1
+                now = trainer.cost(X_eval, Y_eval)
+                costs.add(elapsed, now)
+                if now <= target:
+                    reached_step = steps
                     break
             if elapsed >= seconds:
                 break
         if hasattr(trainer, "opt"):
             trainer.opt.next_epoch()
-    cost_end = costs[-1][1]
+    del trainer  # the model's memory goes before the records become Python lists
+    step_time = (float(np.median(durations[: min(steps, len(durations))])) if steps else 0.0)
+    cost_end = costs.last()[1]
     rate = samples / elapsed if elapsed > 0 else 0.0
     return Probe(b, "ok", seconds=elapsed, steps=steps, samples_per_s=rate,
                  epoch_seconds=m / rate if rate else math.inf, cost_start=cost_start,
                  cost_end=cost_end, cost_reduction_per_s=(cost_start - cost_end) / elapsed,
-                 time_to_target=reached, planned_peak_bytes=planned, curve=curve,
-                 eval_curve=costs)
+                 time_to_target=None if reached_step is None else reached_step * step_time,
+                 planned_peak_bytes=planned, curve=curve.as_array(),
+                 eval_curve=costs.as_array(), steps_to_target=reached_step,
+                 step_seconds=step_time, m_over_b=-(-m // b))
 
-
-def _rank(p: Probe) -> tuple:
-    """Reached the target sooner first; then (not reached) the faster cost reduction."""
-    if p.time_to_target is not None:
-        return (0, p.time_to_target)
-    return (1, -p.cost_reduction_per_s)
 
 
 def _compare(plan, recommended, probes) -> str:

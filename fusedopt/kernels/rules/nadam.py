@@ -34,7 +34,7 @@ def nadam_mu(beta1: float, momentum_decay: float, step: int) -> float:
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
-@functools.lru_cache(maxsize=256)  # the same step for every tensor of a model: computed once
+@functools.lru_cache(maxsize=4)  # the same step for every tensor of a model: computed once
 def nadam_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
     r""":math:`\prod_{i=1}^{t} \mu_i` in closed form: constant time for any step.
 
@@ -57,7 +57,7 @@ def nadam_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
     return math.exp(step * math.log(beta1) + log_sum)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _series(log_q: float) -> tuple[np.ndarray, np.ndarray]:
     """The step-independent part of the series, per momentum_decay."""
     kl = _K * log_q
