@@ -22,9 +22,9 @@ cat "$out/info.txt"
 
 # The tests that need the device: every rule x dtype x size against the oracle on the GPU,
 # streams, DLPack with torch, the arena optimizer and checkpoints, the profiler's OOM
-# handling; then the CuPy path of the optimizers and the language's meaning on the host.
+# handling, the measured batch-size plan (CuPy, torch CUDA); then the CuPy path of the optimizers and the language's meaning on the host.
 timeout 150 "$py" -m pytest -q -p no:cacheprovider --junitxml="$out/pytest.xml" \
-  tests/test_gpu.py tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
+  tests/test_gpu.py tests/test_gpu_measured_plan.py tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
 tail -n 8 "$out/pytest.txt"
 
 timeout 120 "$py" bench/gpu_bench.py --out "$out" --sizes 20,24,28 --repeats 15 \

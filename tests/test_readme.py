@@ -7,6 +7,8 @@ import io
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -47,3 +49,13 @@ def test_gpu_example_compiles():
 def test_training_loop_example_is_short():
     code = [line for line in python_blocks()[0].splitlines() if line.strip()]
     assert len(code) <= 25
+
+
+def test_measured_plan_example_fits_its_limit():
+    block = next(b for b in python_blocks() if "measure_batch_size" in b)
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, "README.md", "exec"), namespace)
+    plan = namespace["plan"]
+    assert plan.fits and plan.confirmed_peak <= 64 * 2**20
+    assert plan.bytes_per_sample == pytest.approx(12_576, rel=0.02)  # the line printed there
