@@ -15,7 +15,13 @@ import numpy as np
 
 from fusedopt import backends
 from fusedopt.backends.base import overlap_error
-from fusedopt.backends.dispatch import array_kind, as_base_array, backend_for, from_dlpack
+from fusedopt.backends.dispatch import (
+    array_kind,
+    as_base_array,
+    backend_for,
+    from_dlpack,
+    from_dlpack_storage,
+)
 from fusedopt.kernels import dtypes
 from fusedopt.kernels.dtypes import DtypeError
 from fusedopt.kernels.registry import Hyper
@@ -100,25 +106,38 @@ def _converted(fname, names, values, kinds):
                 f"DLPack), not {type(value).__name__}; convert it once with np.asarray and "
                 "keep the array, since the update is made in place"
             )
-        yield from_dlpack(fname, name, value) if kind == "dlpack" else value
+        yield from_dlpack_storage(fname, name, value) if kind == "dlpack" else (value, None)
+
+
+def _storage(value, given: str | None) -> str | None:
+    return given if given is not None else dtypes.storage_name(value.dtype)
 
 
 def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str, ...],
-           backend: str | None) -> tuple:
+           backend: str | None, master=None, stochastic: bool = False) -> tuple:
     """Check the arrays of one call; return ``(backend_module, arrays, signature)``.
 
     All arrays: NumPy or CuPy (or DLPack tensors, viewed without a copy), dtypes
     that :func:`fusedopt.kernels.dtypes.signature` allows, one shape,
     C-contiguous, on one device, no two overlapping, written ones writeable.
+    ``master`` (optional) is a float32 copy of a 16-bit parameter, appended to
+    the arrays. 16-bit arrays are returned as views of their bit patterns
+    (``uint16``), as the kernels take them.
     """
-    if all(type(v) is _NDARRAY for v in values) and _plain_numpy_ok(values, names, writes):
+    if master is None and all(type(v) is _NDARRAY for v in values) \
+            and _plain_numpy_ok(values, names, writes):
         backend = backend_for(fname, "numpy", backend)
         if backend != "numba":  # the Numba drivers check overlap themselves, for free
             _no_overlap(fname, names, values)
         return backends.get(backend), values, dtypes.homogeneous(names, values[0].dtype)
+    rule_names, rule_writes = names, writes
+    if master is not None:
+        values, names, writes = (*values, master), (*names, "master"), (*writes, "master")
     kinds = [array_kind(v) for v in values]
+    given: list[str | None] = [None] * len(values)
     if "dlpack" in kinds or "other" in kinds:
-        values = tuple(_converted(fname, names, values, kinds))
+        pairs = list(_converted(fname, names, values, kinds))
+        values, given = tuple(v for v, _ in pairs), [g for _, g in pairs]
         kinds = [array_kind(v) for v in values]
     values = tuple(as_base_array(v) if k == "numpy" else v
                    for v, k in zip(values, kinds, strict=True))
@@ -128,10 +147,19 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
         if k != kind:
             raise TypeError(f"{fname}: {name} is a {k} array but {first_name} is a {kind} "
                             "array; all arrays of one call live on one device")
+    storage = [_storage(v, g) for v, g in zip(values, given, strict=True)]
+    shown = [s or v.dtype for v, s in zip(values, storage, strict=True)]
+    n = len(rule_names)
     try:
-        signature = dtypes.signature(names, tuple(v.dtype for v in values))
+        signature = dtypes.signature(rule_names, tuple(s or v.dtype for v, s in
+                                                       zip(values[:n], storage[:n], strict=True)),
+                                     writes=rule_writes, master=master is not None,
+                                     stochastic=stochastic)
     except DtypeError as exc:
         raise TypeError(f"{fname}: {exc}") from None
+    if master is not None and storage[-1] != "float32":
+        raise TypeError(f"{fname}: master has dtype {shown[-1]}; the master copy of "
+                        f"{first_name} is float32")
     for name, value in zip(names, values, strict=True):
         if value.shape != shape:
             raise ValueError(f"{fname}: {name} has shape {value.shape} but {first_name} has "
@@ -150,6 +178,8 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
                                  f"{first_name} is on GPU {device}; move it with "
                                  f"cupy.cuda.Device({device}).use() and cupy.asarray")
     _no_overlap(fname, names, values)
+    values = tuple(v.view(np.uint16) if s in dtypes.LOW_PRECISION and v.dtype != np.uint16
+                   else v for v, s in zip(values, storage, strict=True))
     return backends.get(backend_for(fname, kind, backend)), values, signature
 
 
@@ -232,6 +262,16 @@ def count(fname: str, name: str, value, what: str, hint: str) -> int:
     if value > MAX_COUNT:
         raise ValueError(f"{fname}: {name}={short(value)} is out of range; it must be at most "
                          f"2**53 ({what})")
+    return int(value)
+
+
+def seed(fname: str, value) -> int:
+    """A seed: an int in [0, 2**64)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{fname}: seed must be an int, not {type(value).__name__}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{fname}: seed={short(value)} is out of range; use an int in "
+                         "[0, 2**64)")
     return int(value)
 
 

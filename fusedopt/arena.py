@@ -16,8 +16,36 @@ from numbers import Integral
 import numpy as np
 
 from fusedopt import _checks
+from fusedopt.kernels.dtypes import storage_name
 
 ALIGN_BYTES = 64  # each tensor starts on a cache line (and a 16-byte CUDA vector boundary)
+
+
+_LARGEST = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38,
+            "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+
+
+def _arena_dtype(name: str, dtype, kind: str | None):
+    """A buffer dtype: float32, float64, float16, or bfloat16 (NumPy through ml_dtypes)."""
+    text = getattr(dtype, "__name__", None) or str(dtype)
+    if text == "bfloat16" or storage_name(dtype) == "bfloat16":
+        if kind == "cupy":
+            raise TypeError(f"ParamArena: {name}=bfloat16 on the GPU: CuPy has no bfloat16 "
+                            "dtype; use float16 there, or bfloat16 on the CPU")
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(f"ParamArena: {name}=bfloat16 needs the ml_dtypes extra: pip install "
+                            "ml_dtypes (or 'fusedopt[bf16]')") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or storage_name(dtype) is None:
+        raise TypeError(f"ParamArena: {name}={text} is not supported; use float32, float64, "
+                        "float16 or bfloat16")
+    return dtype
 
 
 def _module(kind: str):
@@ -94,10 +122,7 @@ class ParamArena:
             raise ValueError("ParamArena: arrays_or_shapes is empty; pass the model's arrays "
                              "or their shapes")
         if dtype is not None:
-            dtype = np.dtype(dtype)
-            if dtype not in _checks.FLOAT_DTYPES:
-                raise TypeError(f"ParamArena: dtype={dtype} is not supported; use float32 or "
-                                "float64")
+            dtype = _arena_dtype("dtype", dtype, xp)
         sources, shapes, dtypes, kinds = [], [], [], set()
         for i, item in enumerate(items):
             if _is_shape(item):
@@ -110,15 +135,18 @@ class ParamArena:
                 continue
             kind = _checks.array_kind(item)
             if kind == "dlpack":
-                item = _checks.from_dlpack("ParamArena", f"arrays_or_shapes[{i}]", item)
+                item, storage = _checks.from_dlpack_storage("ParamArena",
+                                                            f"arrays_or_shapes[{i}]", item)
                 kind = _checks.array_kind(item)
+                if storage == "bfloat16":  # a torch bfloat16 tensor, as its bit patterns
+                    item = item.view(_arena_dtype(f"arrays_or_shapes[{i}]", "bfloat16", kind))
             if kind == "other":
                 raise TypeError(f"ParamArena: arrays_or_shapes[{i}] is a {type(item).__name__}; "
                                 "pass NumPy or CuPy arrays, or shapes as tuples")
             own = np.dtype(item.dtype)
-            if dtype is None and own not in _checks.FLOAT_DTYPES:
+            if dtype is None and storage_name(own) is None:
                 raise TypeError(f"ParamArena: arrays_or_shapes[{i}] has dtype {own}; pass "
-                                "dtype=np.float32 (or float64) to convert it")
+                                "dtype=np.float32 (or float64, float16, bfloat16) to convert it")
             kinds.add(kind)
             sources.append(item)
             shapes.append(tuple(item.shape))
@@ -150,12 +178,12 @@ class ParamArena:
         for i, (view, source) in enumerate(zip(self.params, sources, strict=True)):
             if source is None:
                 continue
-            with np.errstate(over="ignore"):  # an overflow is reported below, by name
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, by name
                 view[...] = source  # copies (and converts the dtype where asked)
             if np.dtype(source.dtype) != view.dtype and bool(
                     (module.isinf(view) & ~module.isinf(source)).any()):
                 raise ValueError(f"ParamArena: arrays_or_shapes[{i}] holds finite values beyond "
-                                 f"{view.dtype}'s range (largest {np.finfo(view.dtype).max:.4g});"
+                                 f"{view.dtype}'s range (largest {_LARGEST[view.dtype.name]:.4g});"
                                  f" they would become inf: rescale them or keep "
                                  f"dtype={np.dtype(source.dtype).name}")
 

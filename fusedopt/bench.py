@@ -320,10 +320,29 @@ def format_model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_memory(rules, sizes) -> None:
+    """Refuse, before allocating anything, sizes whose arrays cannot fit in free memory.
+
+    A case holds each of the rule's arrays in float32, and a peer (torch, the
+    reference's temporaries) about as many again.
+    """
+    from fusedopt import devices
+
+    free = devices.cpu_memory().available_bytes
+    for rule_name in rules:
+        n_arrays = len(RULES[rule_name].arrays) if rule_name in RULES else 4
+        for n in sizes:
+            need = 2 * n_arrays * 4 * int(n)
+            if need > free:
+                raise ValueError(f"sizes: {rule_name} at n={n} needs about {need:,} bytes and "
+                                 f"{free:,} are free; use smaller sizes")
+
+
 def run(rules=None, sizes=None, impls=IMPLS, **kwargs) -> list[Result]:
     """:func:`measure` over every rule (default: :func:`bench_rules`) and size."""
     rules = bench_rules() if rules is None else rules
     sizes = config.BENCH_SIZES if sizes is None else sizes
+    _check_memory(rules, sizes)
     out: list[Result] = []
     for rule_name in rules:
         for n in sizes:

@@ -42,10 +42,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _int_list(text: str) -> list[int]:
     try:
-        values = [int(float(x)) for x in text.split(",") if x]
+        numbers = [float(x) for x in text.split(",") if x]  # 1e6 is a size too
+        if not all(x.is_integer() for x in numbers):
+            raise ValueError
+        values = [int(x) for x in numbers]
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of sizes") from None
+            f"{text!r} is not a comma-separated list of whole numbers") from None
     if not values or min(values) < 1 or max(values) > 2**62:
         raise argparse.ArgumentTypeError("sizes must be integers from 1 to 2**62, e.g. "
                                          "4096,1048576")
@@ -56,6 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the fused update against the floor, the NumPy reference and torch."""
     from fusedopt import bench
 
+    if args.precision is not None:
+        return _bench_precision(args)
     if args.model:
         key, rows = "model", bench.measure_model(min_repeats=args.repeats,
                                                  min_seconds=args.seconds)
@@ -78,6 +83,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(table)
         print("\n" + legend)
+    return 0
+
+
+def _bench_precision(args: argparse.Namespace) -> int:
+    from fusedopt import bench_precision
+
+    recipes = (list(bench_precision.RECIPES) if args.precision == "all"
+               else args.precision.split(","))
+    bad = [r for r in recipes if r not in bench_precision.RECIPES]
+    if bad:
+        raise ValueError(f"--precision {','.join(bad)}: choose from "
+                         f"{','.join(bench_precision.RECIPES)} or all")
+    rules = [r for r in args.rules if r in bench_precision.RULE_NAMES]
+    if not rules:
+        raise ValueError(f"--rules: --precision measures {','.join(bench_precision.RULE_NAMES)}")
+    sizes = [2**24] if args.sizes == list(config.BENCH_SIZES) else args.sizes
+    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
+    results = []
+    for n in sizes:
+        results += bench_precision.run(rules=rules, recipes=recipes, n=n,
+                                       repeats=max(args.repeats, 5), progress=progress)
+    table = bench_precision.rows(results)
+    if args.json:
+        json.dump({"fusedopt": __version__, "precision": table}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(bench_precision.format_table(table))
+    print("\nx math floor: time / a plain Numba loop doing the same math on the same storage; "
+          "x bytes floor: time / a loop moving the same bytes; speedup vs fp32: the fp32 "
+          "recipe's time / this time (medians, one run).")
     return 0
 
 
@@ -123,9 +158,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     dtype = np.dtype(args.dtype)
-    plan = plan_batch_size(((n_x, args.m), dtype), ((args.layers[-1], args.m), dtype),
-                           layer_sizes=args.layers, optimizer=args.optimizer,
-                           memory_limit=args.memory, backend=args.backend, dtype=dtype)
+    def plan_for(precision: str):
+        return plan_batch_size(((n_x, args.m), dtype), ((args.layers[-1], args.m), dtype),
+                               layer_sizes=args.layers, optimizer=args.optimizer,
+                               memory_limit=args.memory, backend=args.backend, dtype=dtype,
+                               precision=precision)
+
+    plan = plan_for(args.precision)
     if args.json:
         from dataclasses import asdict
 
@@ -133,6 +172,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print()
     else:
         print(plan.table())
+        if args.precision != "fp32":
+            from fusedopt.train.memory_model import mlp_shapes, parameter_bytes
+
+            shapes = mlp_shapes(args.layers)
+            ours = sum(parameter_bytes(shapes, dtype, args.optimizer, precision=args.precision)
+                       .values())
+            fp32 = sum(parameter_bytes(shapes, dtype, args.optimizer).values())
+            print(f"{args.precision}: parameters, gradients and state take {ours:,} bytes, "
+                  f"{fp32 - ours:+,} against fp32 ({fp32:,}); the largest batch that fits: "
+                  f"{plan.max_fitting_batch_size} (fp32: "
+                  f"{plan_for('fp32').max_fitting_batch_size})")
     return 0 if plan.fits else 1
 
 
@@ -227,7 +277,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
     try:
         demo.run(backend=args.backend, optimizer=args.optimizer, epochs=args.epochs,
-                 batch_size=args.batch_size, out=args.out, lr=args.lr, hidden=args.hidden)
+                 batch_size=args.batch_size, out=args.out, lr=args.lr, hidden=args.hidden,
+                 precision=args.precision)
     except ImportError as exc:
         print(f"fusedopt demo: error: {exc}", file=sys.stderr)
         return 2
@@ -237,6 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fusedopt import bench
     from fusedopt.kernels import optimizer_names
+    from fusedopt.kernels.dtypes import RECIPES
 
     optimizers = sorted(optimizer_names())  # every registered optimizer, from the registry
 
@@ -264,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     d.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate")
     d.add_argument("--hidden", type=_positive_int, default=64, help="hidden units")
+    d.add_argument("--precision", choices=["fp32", "bf16", "bf16-sr", "fp16-master"],
+                   default="fp32", help="what the training keeps between steps: float32, "
+                   "bfloat16 everything (nearest or stochastic rounding), or float16 "
+                   "parameters with a float32 master copy (default: %(default)s)")
     d.add_argument("--out", default="fusedopt-demo", help="folder for the plots")
     d.set_defaults(func=cmd_demo)
 
@@ -290,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: Adam over a 157-tensor transformer-like model (10.8M fp32 "
                         "parameters): arena vs list vs torch fused/foreach, and the cost of "
                         "clipping plus the non-finite check")
+    b.add_argument("--precision", nargs="?", const="all", default=None,
+                   help="instead: each precision recipe (fp32, bf16-params, fp32-master, bf16, "
+                        "bf16-sr; comma-separated, or all) of sgd, momentum and adam at 16M "
+                        "elements (or --sizes), against a loop moving the same bytes and a "
+                        "plain Numba loop doing the same math; needs ml_dtypes for bfloat16")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
 
@@ -303,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input features (default: the first of --layers)")
     p.add_argument("--layers", type=_layers, required=True, help="MLP sizes, e.g. 784,256,10")
     p.add_argument("--optimizer", choices=optimizers, default="adam")
+    p.add_argument("--precision", choices=list(RECIPES), default="fp32",
+                   help="the storage of parameters, gradients and state (and a float32 master "
+                        "copy): %(choices)s (default: %(default)s)")
     p.add_argument("--memory", type=memory_size, default=None,
                    help="plan for this much memory (e.g. 8GiB) instead of what is free")
     p.add_argument("--backend", choices=["numba", "numpy", "cupy"], default=None,
@@ -332,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIZE_FLAGS = {"bench": "--sizes", "profile": "--layers or --sizes", "demo": "--layers",
+               "plan": "--m or --layers"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -352,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError) as exc:  # the library's named errors: one line, status 2
         print(f"fusedopt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # an allocation the sizes asked for: nothing was written
+        print(f"fusedopt {args.command}: error: out of memory ({exc}); use smaller "
+              f"{_SIZE_FLAGS.get(args.command, 'sizes')}", file=sys.stderr)
         return 2
 
 

@@ -56,14 +56,26 @@ def docstring(v: Variant, fname: str | None = None) -> str:
         lines.append(f"    {name}: {rule.array_docs.get(name, '')}.")
     if rule.needs_step:
         lines.append("    step: t, the 1-based count of this update (the first call uses 1).")
+    else:
+        lines.append("    step: the 1-based count of this update; only stochastic rounding uses "
+                     "it (needed then).")
     for h in v.hyper:
         default = "required" if h.required else f"default {h.default!r}"
         lines.append(f"    {h.name}: {h.doc}; {h.range_text()} ({default}).")
     for name, value in v.fixed.items():
         lines.append(f"    ({name} is {value!r} in {fname or v.name + '_'}.)")
-    lines += [f"    backend: {_BACKEND_DOC}.", "",
-              "Every array has the same shape and dtype (float32 or float64), is C-contiguous "
-              "and lives on one device; the written ones are updated in place.", "",
+    lines += ["    master: a float32 copy of a bfloat16/float16 parameter (same shape): the "
+              "update reads and writes it, and writes the parameter rounded from it.",
+              "    stochastic_rounding: round bfloat16/float16 stores stochastically (unbiased) "
+              "instead of to nearest even.",
+              "    seed: the stochastic rounding's seed, an int in [0, 2**64): the random bits "
+              "are a hash of (seed, step, element index, array), identical on every backend.",
+              f"    backend: {_BACKEND_DOC}.", "",
+              "Every array has the same shape, is C-contiguous and lives on one device; the "
+              "written ones are updated in place. The parameter is float32, bfloat16 "
+              "(ml_dtypes or torch), float16 or float64; the gradient its dtype or float32; "
+              "the state float32 or bfloat16 (float64 with float64 parameters). The math runs "
+              "in float32 (float64 for float64 parameters).", "",
               "Raises:", "    TypeError, ValueError: bad input, named; nothing is changed."]
     return "\n".join(lines)
 
@@ -73,33 +85,55 @@ def _factory_source(v: Variant) -> str:
     rule = v.rule
     fname = v.name + "_"
     params = [*rule.arrays, "*"]
-    if rule.needs_step:
-        params.append("step: int")
+    params.append("step: int" if rule.needs_step else "step: int | None = None")
     for h in v.hyper:
         params.append(f"{h.name}: {_annotation(h)}" + ("" if h.required
                                                        else f" = {h.default!r}"))
-    params.append("backend: str | None = None")
+    params += ["master=None", "stochastic_rounding: bool = False", "seed: int = 0",
+               "backend: str | None = None"]
     body = "".join(_fast_check(h) for h in v.hyper)
     entries = [f"{h.name!r}: {h.name}" for h in v.hyper]
     entries += [f"{k!r}: {value!r}" for k, value in v.fixed.items()]
     if rule.needs_step:
         body += "    step = _step(_F, step)\n"
         entries.append("'step': step")
+    arrays = ", ".join(rule.arrays)
     function = (f"def {fname}({', '.join(params)}) -> None:\n"
                 f"{body}"
                 f"    hyper = {{{', '.join(entries)}}}\n"
-                f"    impl, arrays, signature = _arrays(_F, _NAMES, ({', '.join(rule.arrays)},), "
-                "_WRITES, backend)\n"
+                "    if master is None and stochastic_rounding is False:\n"
+                f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
+                "backend)\n"
+                "        rounding = None\n"
+                "    else:\n"
+                "        stochastic_rounding = _flag(_F, 'stochastic_rounding', "
+                "stochastic_rounding)\n"
+                f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
+                "backend, master, stochastic_rounding)\n"
+                "        rounding = _rounding(_F, signature, seed, step)\n"
                 "    try:\n"
-                "        impl.update(_RULE, arrays, hyper, signature)\n"
+                "        impl.update(_RULE, arrays, hyper, signature, rounding)\n"
                 "    except _ScalarRangeError as exc:\n"
                 "        raise ValueError(f'{_F}: {exc}') from None\n")
     return (f"def _make_{fname}(_F, _NAMES, _WRITES, _RULE):\n"
             + textwrap.indent(function, "    ") + f"    return {fname}\n\n\n")
 
 
+def _rounding(fname: str, signature, seed, step) -> tuple[int, int] | None:
+    """``(seed, step)`` for stochastic rounding, checked; None when nothing rounds
+    stochastically."""
+    if not signature.stochastic:
+        return None
+    seed = _checks.seed(fname, seed)
+    if step is None:
+        raise TypeError(f"{fname}: stochastic_rounding=True needs step= (the update count), "
+                        "so that every call draws new random bits")
+    return seed, _checks.step(fname, step)
+
+
 _HELPERS = {"_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
-            "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError}
+            "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError,
+            "_rounding": _rounding}
 
 
 def make_functions(variants: list[Variant]) -> dict[str, Callable[..., None]]:

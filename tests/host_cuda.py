@@ -30,6 +30,11 @@ DTYPES = ("float32", "float64")
 
 SHIM = """
 #include <math.h>
+#include <string.h>
+struct ushort4 { unsigned short x, y, z, w; };
+struct ushort2 { unsigned short x, y; };
+static inline unsigned int __float_as_uint(float x) { unsigned int u; memcpy(&u, &x, 4); return u; }
+static inline float __uint_as_float(unsigned int u) { float x; memcpy(&x, &u, 4); return x; }
 struct fusedopt_dim3 { unsigned int x, y, z; };
 static fusedopt_dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct float4 { float x, y, z, w; };
@@ -47,8 +52,18 @@ def launcher(rule: Rule, dtype, kernel: str) -> str:
     sig = cuda_codegen.signature_of(rule, dtype)
     params = [f"{'' if a in rule.writes else 'const '}{cuda_codegen.CTYPE[d]}* {a}"
               for a, d in zip(rule.arrays, sig.storage, strict=True)]
-    params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars] + ["long long _n"]
-    names = [*rule.arrays, *rule.scalars, "_n"]
+    names = list(rule.arrays)
+    if sig.master:
+        params.append("float* _master")
+        names.append("_master")
+    params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars]
+    names += list(rule.scalars)
+    if sig.stochastic:
+        keys = [f"_key_{w}" for w in cuda_codegen._rounded(rule, sig)]
+        params += ["long long _offset", *(f"unsigned int {k}" for k in keys)]
+        names += ["_offset", *keys]
+    params.append("long long _n")
+    names.append("_n")
     return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
             f'{", ".join(params)}) {{\n'
             "  gridDim.x = grid; blockDim.x = block;\n"
@@ -147,16 +162,21 @@ class HostRawKernel:
                                                       ctypes.c_uint(block[0]), *converted)
 
 
-def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name):
-    """cupy.ReductionKernel for fusedopt's norm reductions, computed with NumPy."""
+def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name,
+                      preamble=""):
+    """cupy.ReductionKernel for fusedopt's norm reductions, computed with NumPy (16-bit ones
+    decode their bit patterns with fusedopt's NumPy rounding reference)."""
     from fusedopt.backends import numpy_ref
 
     parts = {"fusedopt_sum_of_squares": None, "fusedopt_norm_big": 0, "fusedopt_norm_med": 1,
-             "fusedopt_norm_small": 2}
+             "fusedopt_norm_small": 2, "fusedopt_sum_of_squares_bf16": "bfloat16",
+             "fusedopt_sum_of_squares_f16": "float16"}
     assert name in parts and reduce_expr == "a + b", name
 
     def run(x):
         x = np.asarray(x)
+        if isinstance(parts[name], str):
+            return np.float64(numpy_ref.norm_sums(x, parts[name])[1])
         if parts[name] is None:
             x = x.astype(np.float64)
             return np.float64(np.sum(x * x))

@@ -78,8 +78,9 @@ def test_every_kernel_compiles_with_nvrtc(nvrtc, rule_name, dtype, arch):
 def test_cuda_source_names_bad_arguments():
     with pytest.raises(ValueError, match="rule"):
         cupy_cuda.cuda_source("no_such_rule", "float32")
-    with pytest.raises(ValueError, match="float16"):
-        cupy_cuda.cuda_source("adam", "float16")
+    with pytest.raises(ValueError, match="int32"):
+        cupy_cuda.cuda_source("adam", "int32")
+    assert "fusedopt_load_f16" in cupy_cuda.cuda_source("adam", "float16")  # 16-bit storage
 
 
 def test_cuda_source_is_what_the_kernel_compiles():

@@ -89,8 +89,8 @@ def test_adamw_decays_the_parameter_not_the_gradient(backend, dtype):
 
 def test_rmsprop_and_momentum_by_hand(backend, dtype):
     p, g, s = arrays(backend, dtype, [1.0], [2.0], [0.0])
-    fo.rmsprop_(p, g, s, lr=0.01, beta=0.9, eps=0.0, backend=backend)
-    # s = 0.1 * 4 = 0.4; p = 1 - 0.01 * 2 / sqrt(0.4)
+    fo.rmsprop_(p, g, s, lr=0.01, beta=0.9, eps=1e-30, backend=backend)
+    # s = 0.1 * 4 = 0.4; p = 1 - 0.01 * 2 / sqrt(0.4) (eps > 0 is required; 1e-30 is lost)
     np.testing.assert_allclose(to_numpy(s), [0.4], rtol=1e-6)
     np.testing.assert_allclose(to_numpy(p), [1 - 0.02 / np.sqrt(0.4)], rtol=1e-6)
     p, g, vel = arrays(backend, dtype, [1.0], [2.0], [1.0])

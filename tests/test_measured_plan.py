@@ -144,7 +144,7 @@ def test_the_plan_of_an_mlp_trainer_holds_in_its_real_training_loop():
     (dict(sizes=(0, 8)), ValueError, "sizes[0]"),
     (dict(sizes=(2.5, 8)), TypeError, "sizes[0]"),
     (dict(sample_axis=2), ValueError, "sample_axis"),
-    (dict(sample_axis=True), ValueError, "sample_axis"),
+    (dict(sample_axis=True), TypeError, "sample_axis"),
     (dict(memory_limit=-1), ValueError, "memory_limit"),
     (dict(memory_limit=float("nan")), ValueError, "memory_limit"),
     (dict(max_batch_size=0), ValueError, "max_batch_size"),

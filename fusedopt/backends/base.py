@@ -4,10 +4,11 @@ A backend is a module (``numpy_ref``, ``numba_cpu``, ``cupy_cuda``) that
 satisfies :class:`Backend` structurally. An update is two calls, so that an
 optimizer prepares once per step and launches once per tensor (or arena buffer):
 
-``prepare(rule, hyper, signature)``
+``prepare(rule, hyper, signature, rounding=None)``
     the step's scalars from the checked hyperparameters, computed once on the
     host, plus whatever the backend needs to launch that signature (compiled
-    drivers, kernel keys); nothing is written.
+    drivers, kernel keys, and for stochastic rounding the keys of
+    :func:`rounding_words` from ``rounding = (seed, step)``); nothing is written.
 ``launch(rule, arrays, prepared)``
     one fused pass over ``arrays`` in place (checked, C-contiguous, one shape,
     the dtypes of ``signature``).
@@ -20,7 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fusedopt.kernels.dtypes import Signature
-from fusedopt.kernels.registry import Rule
+from fusedopt.kernels.registry import Rule, ScalarRangeError
+
+__all__ = ["Backend", "ScalarRangeError", "clip_scale", "host_scalars", "norm_from_sums",
+           "overlap_error", "rounding_words"]
 
 _LARGEST = {np.dtype(np.float32): float(np.finfo(np.float32).max),
             np.dtype(np.float64): float(np.finfo(np.float64).max)}
@@ -36,7 +40,8 @@ class Backend(Protocol):
         """Whether it can run here, and a sentence saying why (not)."""
         ...
 
-    def prepare(self, rule: Rule, hyper: dict, signature: Signature) -> Any:
+    def prepare(self, rule: Rule, hyper: dict, signature: Signature,
+                rounding: tuple[int, int] | None = None) -> Any:
         """The step's scalars (and launch data) for ``signature``; writes nothing."""
         ...
 
@@ -44,11 +49,12 @@ class Backend(Protocol):
         """One fused in-place pass of ``rule`` over ``arrays``."""
         ...
 
-    def update(self, rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None:
-        """``launch(rule, arrays, prepare(rule, hyper, signature))``."""
+    def update(self, rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
+               rounding: tuple[int, int] | None = None) -> None:
+        """``launch(rule, arrays, prepare(rule, hyper, signature, rounding))``."""
         ...
 
-    def norm_sums(self, array) -> tuple:
+    def norm_sums(self, array, storage: str | None = None) -> tuple:
         """The three scaled sums of squares of :func:`norm_from_sums` (floats, or 0-d device
         arrays on a GPU: nothing waits for the device until they are read)."""
         ...
@@ -58,11 +64,6 @@ def overlap_error(fname: str, name_a: str, name_b: str) -> ValueError:
     """The error for two arguments that share memory."""
     return ValueError(f"{fname}: {name_a} and {name_b} share memory; each argument needs its "
                       "own array (the same array passed twice?)")
-
-
-class ScalarRangeError(ValueError):
-    """Hyperparameters whose step scalars the compute dtype cannot hold. The message has no
-    function name: the caller (``fo.adam_``, ``opt.step``) adds its own."""
 
 
 def host_scalars(rule: Rule, hyper: dict, signature: Signature) -> tuple[float, ...]:
@@ -93,6 +94,21 @@ def _range_message(rule: Rule, hyper: dict, values, compute: np.dtype) -> str:
     return (f"the hyperparameters ({shown}) make the step's scalar {bad} = "
             f"{dict(zip(rule.scalars, values, strict=True))[bad]!r}, which {compute.name} "
             "cannot hold; use smaller values")
+
+
+def rounding_words(rule: Rule, signature: Signature, rounding: tuple[int, int] | None,
+                   offset: int = 0) -> list[int]:
+    """``[offset, key of each of the rule's arrays]`` for stochastic rounding.
+
+    ``rounding`` is ``(seed, step)``; an array's key is
+    :func:`fusedopt.kernels.rounding.slot_key` of its position in the rule's arrays, so a
+    call draws the same bits on every backend. Keys are below 2**32 and the offset below
+    2**63: the drivers take them as one int64 array.
+    """
+    from fusedopt.kernels.rounding import slot_key
+
+    seed, step = rounding if rounding is not None else (0, 0)
+    return [offset, *(slot_key(seed, step, slot) for slot in range(len(rule.arrays)))]
 
 
 # Blue's scaled sum of squares (as LAPACK's dnrm2, Anderson 2017): float64 values are

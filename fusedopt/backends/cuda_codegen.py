@@ -28,15 +28,21 @@ import math
 
 import numpy as np
 
+from fusedopt.backends import cuda_lowp
 from fusedopt.kernels import language
-from fusedopt.kernels.dtypes import Signature, homogeneous, signature
+from fusedopt.kernels.dtypes import ITEMSIZE, LOW_PRECISION, Signature, homogeneous, signature
 from fusedopt.kernels.registry import RULES, Rule
 
-CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-# (storage dtype, lanes) -> (CUDA vector type, fields)
-VECTOR = {(np.dtype(np.float32), 4): ("float4", ("x", "y", "z", "w")),
-          (np.dtype(np.float32), 2): ("float2", ("x", "y")),
-          (np.dtype(np.float64), 2): ("double2", ("x", "y"))}
+# by storage name (and by NumPy dtype, for the compute type); 16-bit arrays are their patterns
+CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", "float32": "float",
+         "float64": "double", "bfloat16": "unsigned short", "float16": "unsigned short"}
+_XYZW = ("x", "y", "z", "w")
+# (storage name, lanes) -> (CUDA vector type, fields)
+VECTOR = {("float32", 4): ("float4", _XYZW), ("float32", 2): ("float2", _XYZW[:2]),
+          ("float64", 2): ("double2", _XYZW[:2]),
+          **{(s, 4): ("ushort4", _XYZW) for s in LOW_PRECISION},
+          **{(s, 2): ("ushort2", _XYZW[:2]) for s in LOW_PRECISION}}
+MAX_LANES = 4  # 16-bit arrays: 8-byte ushort4 accesses next to float4
 
 
 def rule_of(rule) -> Rule:
@@ -54,11 +60,11 @@ def signature_of(rule: Rule, dtype) -> Signature:
         return dtype
     try:
         if isinstance(dtype, (list, tuple)):
-            return signature(rule.arrays, dtype)
+            return signature(rule.arrays, dtype, writes=rule.writes)
         return homogeneous(rule.arrays, dtype)
     except TypeError as exc:
         raise ValueError(f"dtype={dtype} is not supported by the CUDA backend ({exc}); use "
-                         "float32 or float64") from None
+                         "float32 or float64, or a Signature for 16-bit storage") from None
 
 
 def kernel_base_name(rule: Rule, sig: Signature) -> str:
@@ -66,15 +72,20 @@ def kernel_base_name(rule: Rule, sig: Signature) -> str:
     return f"fusedopt_{rule.name}_{sig.compute.name if sig.homogeneous else sig.key}"
 
 
+def _storages(sig: Signature) -> list[str]:
+    """Each array's storage, the master copy (float32) last."""
+    return [*sig.storage, *(["float32"] if sig.master else [])]
+
+
 def lanes(sig: Signature) -> int:
-    """Elements per vector access: 16 bytes of the widest array."""
-    return 16 // max(d.itemsize for d in sig.storage)
+    """Elements per vector access: 16 bytes of the widest array (at most 4)."""
+    return min(MAX_LANES, 16 // max(ITEMSIZE[d] for d in _storages(sig)))
 
 
 def vector_alignments(sig: Signature) -> list[int]:
-    """The byte alignment each array needs for the vector kernel."""
+    """The byte alignment each array (and the master copy, last) needs for the vector kernel."""
     n = lanes(sig)
-    return [n * d.itemsize for d in sig.storage]
+    return [n * ITEMSIZE[d] for d in _storages(sig)]
 
 
 class _Translator:
@@ -142,8 +153,10 @@ class _Translator:
         helper = f"_fusedopt_{name}"
         args = ", ".join(f"{self.ctype} {a}" for a in "ab"[: spec.arity])
         body = spec.cuda.replace("(T)", f"({self.ctype})")
-        self.helpers[name] = (f"__device__ __forceinline__ {self.ctype} {helper}({args}) "
-                              f"{{ {body} }}\n")
+        guard = f"FUSEDOPT_HELPER_{name.upper()}_{self.ctype.upper()}"  # one per unit
+        self.helpers[name] = (f"#ifndef {guard}\n#define {guard}\n"
+                              f"__device__ __forceinline__ {self.ctype} {helper}({args}) "
+                              f"{{ {body} }}\n#endif\n")
         return helper
 
     def truth(self, node) -> str:
@@ -203,30 +216,58 @@ def device_function(rule, dtype) -> str:
             + ",\n    ".join(params) + ") {\n    " + "\n    ".join(body) + "\n}\n")
 
 
+def _rounded(rule: Rule, sig: Signature) -> list[str]:
+    """The written arrays that are stored in 16 bits (each with a stochastic-rounding key)."""
+    storage = dict(zip(rule.arrays, sig.storage, strict=True))
+    return [w for w in rule.writes if storage[w] in LOW_PRECISION]
+
+
 def _kernel_params(rule: Rule, sig: Signature) -> str:
     arrays = [f"{'' if name in rule.writes else 'const '}{CTYPE[d]}* __restrict__ {name}"
               for name, d in zip(rule.arrays, sig.storage, strict=True)]
+    if sig.master:
+        arrays.append("float* __restrict__ _master")
     scalars = [f"const {CTYPE[sig.compute]} {name}" for name in rule.scalars]
-    return ",\n    ".join([*arrays, *scalars, "const long long _n"])
+    rounding = (["const long long _offset", *(f"const unsigned int _key_{w}"
+                                             for w in _rounded(rule, sig))]
+                if sig.stochastic else [])
+    return ",\n    ".join([*arrays, *scalars, *rounding, "const long long _n"])
 
 
-def _element_step(rule: Rule, sig: Signature, reads: list[str], writes: list[str]) -> str:
-    """Load (converting to the compute type), call the element function, store back."""
+def _element_step(rule: Rule, sig: Signature, reads: list[str], writes: list[str],
+                  index: str) -> str:
+    """Load (converting to the compute type), call the element function, store back.
+
+    ``reads``/``writes``: the expressions of each array's element (the master
+    copy's last, when there is one); ``index``: the element's index.
+    """
     ctype = CTYPE[sig.compute]
     storage = dict(zip(rule.arrays, sig.storage, strict=True))
 
     def load(expr: str, dtype) -> str:
-        return expr if dtype == sig.compute else f"({ctype}){expr}"
+        if dtype in cuda_lowp.LOAD:
+            return f"{cuda_lowp.LOAD[dtype]}({expr})"
+        return expr if dtype == sig.compute.name else f"({ctype}){expr}"
 
     def store(name: str) -> str:
         dtype = storage[name]
-        return f"_o_{name}" if dtype == sig.compute else f"({CTYPE[dtype]})_o_{name}"
+        if dtype in cuda_lowp.STORE:
+            if sig.stochastic:
+                return (f"{cuda_lowp.STORE[dtype]}_sr(_o_{name}, "
+                        f"fusedopt_random16({index} + _offset, _key_{name}))")
+            return f"{cuda_lowp.STORE[dtype]}(_o_{name})"
+        return f"_o_{name}" if dtype == sig.compute.name else f"({CTYPE[dtype]})_o_{name}"
 
     outs = ", ".join(f"_o_{w}" for w in rule.writes)
-    args = [load(r, storage[a]) for r, a in zip(reads, rule.arrays, strict=True)]
+    args = [load(r, storage[a])
+            for r, a in zip(reads[:len(rule.arrays)], rule.arrays, strict=True)]
+    if sig.master:
+        args[0] = reads[-1]
     args += list(rule.scalars) + [f"&_o_{w}" for w in rule.writes]
     stores = " ".join(f"{target} = {store(w)};"
-                      for target, w in zip(writes, rule.writes, strict=True))
+                      for target, w in zip(writes[:len(rule.writes)], rule.writes, strict=True))
+    if sig.master:
+        stores = f"{writes[-1]} = _o_{rule.arrays[0]}; " + stores
     return (f"{{ {ctype} {outs}; {kernel_base_name(rule, sig)}_element({', '.join(args)}); "
             f"{stores} }}")
 
@@ -238,32 +279,44 @@ def cuda_source(rule, dtype) -> str:
     :class:`~fusedopt.kernels.dtypes.Signature`. The unit holds the translated
     device function and two ``extern "C" __global__`` kernels (see the module
     docstring). Kernel arguments: the rule's arrays (in order, each in its
-    storage type), its scalars (by value, in the compute type), then ``n``.
+    storage type; 16-bit ones as ``unsigned short`` patterns), the float32
+    ``_master`` copy when the signature has one, its scalars (by value, in the
+    compute type), with stochastic rounding the index ``_offset`` and one
+    ``_key_<array>`` per 16-bit written array, then ``n``.
     """
     rule = rule_of(rule)
     sig = signature_of(rule, dtype)
     name = kernel_base_name(rule, sig)
     params = _kernel_params(rule, sig)
     n_lanes = lanes(sig)
-    vectors = {a: VECTOR[(d, n_lanes)] for a, d in zip(rule.arrays, sig.storage, strict=True)}
+    names = [*rule.arrays, *(["_master"] if sig.master else [])]
+    written = [*rule.writes, *(["_master"] if sig.master else [])]
+    vectors = {a: VECTOR[(d, n_lanes)] for a, d in zip(names, _storages(sig), strict=True)}
     grid_stride = ("const long long _stride = (long long)blockDim.x * gridDim.x;\n"
                    "    const long long _first = (long long)blockIdx.x * blockDim.x + "
                    "threadIdx.x;\n")
-    scalar_step = _element_step(rule, sig, [f"{a}[_i]" for a in rule.arrays],
-                                [f"{w}[_i]" for w in rule.writes])
-    loads = "\n".join(
-        f"        {'' if a in rule.writes else 'const '}{vectors[a][0]} _v_{a} = "
-        f"reinterpret_cast<{'' if a in rule.writes else 'const '}{vectors[a][0]}*>({a})[_j];"
-        for a in rule.arrays)
+    scalar_step = _element_step(rule, sig, [f"{a}[_i]" for a in names],
+                                [f"{w}[_i]" for w in written], "_i")
+
+    def vector_load(a: str) -> str:
+        if sig.master and a == rule.arrays[0]:  # written from the master copy, never read
+            return f"        {vectors[a][0]} _v_{a};"
+        const = "" if a in written else "const "
+        return (f"        {const}{vectors[a][0]} _v_{a} = "
+                f"reinterpret_cast<{const}{vectors[a][0]}*>({a})[_j];")
+
+    loads = "\n".join(vector_load(a) for a in names)
     lane_steps = "\n".join(
-        "        " + _element_step(rule, sig, [f"_v_{a}.{vectors[a][1][k]}" for a in rule.arrays],
-                                   [f"_v_{w}.{vectors[w][1][k]}" for w in rule.writes])
+        "        " + _element_step(rule, sig, [f"_v_{a}.{vectors[a][1][k]}" for a in names],
+                                   [f"_v_{w}.{vectors[w][1][k]}" for w in written],
+                                   f"(_j * {n_lanes} + {k})")
         for k in range(n_lanes))
     stores = "\n".join(f"        reinterpret_cast<{vectors[w][0]}*>({w})[_j] = _v_{w};"
-                       for w in rule.writes)
+                       for w in written)
     return (
         f"// Generated by fusedopt.backends.cuda_codegen from the rule {rule.name!r} "
         f"({sig.key}); do not edit.\n"
+        + (cuda_lowp.HELPERS if sig.low_precision else "")
         + device_function(rule, sig)
         + f'\nextern "C" __global__ void {name}(\n    {params}) {{\n'
         + f"    {grid_stride}"

@@ -16,7 +16,15 @@ from functools import cache
 import numpy as np
 
 from fusedopt import config
-from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML, host_scalars
+from fusedopt.backends import cuda_lowp
+from fusedopt.backends.base import (
+    NORM_SBIG,
+    NORM_SSML,
+    NORM_TBIG,
+    NORM_TSML,
+    host_scalars,
+    rounding_words,
+)
 from fusedopt.backends.cuda_codegen import (
     cuda_source,
     device_function,
@@ -27,7 +35,7 @@ from fusedopt.backends.cuda_codegen import (
     vector_alignments,
 )
 from fusedopt.backends.cuda_codegen import lanes as _signature_lanes
-from fusedopt.kernels.dtypes import Signature
+from fusedopt.kernels.dtypes import LOW_PRECISION, Signature
 from fusedopt.kernels.registry import Rule
 
 NAME = "cupy"
@@ -74,8 +82,9 @@ def _kernel(rule_name: str, sig: Signature, device_id: int, vector: bool):
     source = cuda_source(rule_name, sig)
     scalar_name, vector_name = kernel_names(rule_name, sig)
     with cupy.cuda.Device(device_id):
+        # --fmad=false: no fused multiply-adds, so the kernels round as the CPU drivers do
         kernel = cupy.RawKernel(source, vector_name if vector else scalar_name,
-                                options=("--std=c++17",))
+                                options=("--std=c++17", "--fmad=false"))
         kernel.compile()
     return kernel
 
@@ -105,14 +114,24 @@ def launch_config(n: int, vector: bool, dtype, multiprocessors: int) -> tuple[in
     return blocks, threads
 
 
-def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple:
-    """The step's scalars in the compute dtype, passed to the kernel by value."""
+def prepare(rule: Rule, hyper: dict, signature: Signature,
+            rounding: tuple[int, int] | None = None) -> tuple:
+    """The step's scalars in the compute dtype, passed to the kernel by value (with
+    stochastic rounding, then the index offset and the keys of the 16-bit written arrays)."""
     to = signature.compute.type
-    return tuple(to(s) for s in host_scalars(rule, hyper, signature)), signature
+    scalars = tuple(to(s) for s in host_scalars(rule, hyper, signature))
+    if signature.stochastic:
+        words = rounding_words(rule, signature, rounding)
+        storage = dict(zip(rule.arrays, signature.storage, strict=True))
+        keys = [np.uint32(words[1 + k]) for k, a in enumerate(rule.arrays)
+                if a in rule.writes and storage[a] in LOW_PRECISION]
+        scalars += (np.int64(words[0]), *keys)
+    return scalars, signature
 
 
 def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
-    """Launch ``rule`` over ``arrays`` (CuPy, one device) on the current stream; no sync."""
+    """Launch ``rule`` over ``arrays`` (CuPy, one device; the master copy last) on the current
+    stream; no sync."""
     scalars, sig = prepared
     first = arrays[0]
     n = first.size
@@ -128,9 +147,10 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
         kernel((blocks,), (threads,), (*arrays, *scalars, np.int64(n)))
 
 
-def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None:
+def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
+           rounding: tuple[int, int] | None = None) -> None:
     """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""
-    launch(rule, arrays, prepare(rule, hyper, signature))
+    launch(rule, arrays, prepare(rule, hyper, signature, rounding))
 
 
 @cache
@@ -144,7 +164,15 @@ def _norm_kernels():
 
     med = "(double)x * (double)x"
     a = "fabs((double)x)"
+
+    def decoded(load: str, name: str):
+        return cupy.ReductionKernel("uint16 x", "float64 total",
+                                    f"(double){load}(x) * (double){load}(x)", "a + b",
+                                    "total = a", "0", name, preamble=cuda_lowp.HELPERS)
+
     return {
+        "bfloat16": decoded("fusedopt_load_bf16", "fusedopt_sum_of_squares_bf16"),
+        "float16": decoded("fusedopt_load_f16", "fusedopt_sum_of_squares_f16"),
         "sum": reduction(med, "fusedopt_sum_of_squares"),
         "big": reduction(f"({a} > {NORM_TBIG!r} ? ({a} * {NORM_SBIG!r}) * ({a} * {NORM_SBIG!r})"
                          " : 0.0)", "fusedopt_norm_big"),
@@ -155,7 +183,7 @@ def _norm_kernels():
     }
 
 
-def norm_sums(array) -> tuple:
+def norm_sums(array, storage: str | None = None) -> tuple:
     """The accumulators of :func:`fusedopt.backends.base.norm_from_sums` as 0-d device arrays
     (no host synchronisation until read). float32 arrays: one read, the plain float64 sum
     (it cannot overflow); float64 arrays: Blue's three ranges (three reads)."""
@@ -164,6 +192,8 @@ def norm_sums(array) -> tuple:
     kernels = _norm_kernels()
     flat = array.reshape(-1)
     with cupy.cuda.Device(array.device.id):
+        if storage in LOW_PRECISION:  # bit patterns: squares of the decoded values
+            return 0.0, kernels[storage](flat), 0.0
         if flat.dtype != np.float64:
             return 0.0, kernels["sum"](flat), 0.0
         return kernels["big"](flat), kernels["med"](flat), kernels["small"](flat)

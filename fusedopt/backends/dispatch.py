@@ -40,6 +40,22 @@ def as_base_array(x):
     return x
 
 
+def from_dlpack_storage(fname: str, name: str, x) -> tuple:
+    """``(array, storage)``: a zero-copy NumPy or CuPy view of another library's tensor, and
+    its storage dtype's name where the array's dtype does not say it.
+
+    A torch bfloat16 tensor (which NumPy and CuPy cannot type) is bit-cast to int16
+    first and comes back as its 16-bit patterns (``uint16``) with storage
+    ``"bfloat16"``; every other tensor comes back with ``None``.
+    """
+    if type(x).__module__.split(".")[0] == "torch" and str(getattr(x, "dtype", "")) \
+            == "torch.bfloat16":
+        import torch
+
+        return from_dlpack(fname, name, x.view(torch.int16)).view(np.uint16), "bfloat16"
+    return from_dlpack(fname, name, x), None
+
+
 def from_dlpack(fname: str, name: str, x):
     """A zero-copy NumPy or CuPy view of another library's tensor (e.g. torch), via DLPack."""
     device_type = x.__dlpack_device__()[0]

@@ -37,11 +37,13 @@ def source_key(source: str) -> str:
     """A hash of everything the generated code depends on."""
     import numba
 
+    from fusedopt.backends import numba_lowp  # the 16-bit helpers the drivers inline
+
     digest = hashlib.sha256()
     # The generated source names the rules; their bodies are inlined from the rule files.
     elements = [inspect.getsource(rule.element) for rule in RULES.values()]
-    for part in (source, *elements, inspect.getsource(language), numba.__version__,
-                 sys.version):
+    for part in (source, *elements, inspect.getsource(language), inspect.getsource(numba_lowp),
+                 numba.__version__, sys.version):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from fusedopt import config
 from fusedopt.backends import numba_cache, numba_threads
-from fusedopt.backends.base import host_scalars, overlap_error
+from fusedopt.backends.base import host_scalars, overlap_error, rounding_words
 from fusedopt.backends.numba_codegen import (
     HEADER,
     driver_name,
@@ -139,15 +139,18 @@ def _drivers_for(rule: Rule, signature: Signature) -> tuple:
     return found
 
 
-def prepare(rule: Rule, hyper: dict, signature: Signature) -> tuple:
-    """The step's scalars, once per step, as one small array in the compute dtype, and the
-    signature's two drivers.
+def prepare(rule: Rule, hyper: dict, signature: Signature,
+            rounding: tuple[int, int] | None = None) -> tuple:
+    """The step's scalars, once per step, as one small array in the compute dtype, the
+    signature's two drivers, and (stochastic rounding) the index offset and keys.
 
     float32 math stays float32 (vectorised twice as wide), and Numba types one
-    argument instead of many.
+    argument instead of many. ``rounding`` is ``(seed, step)``.
     """
     scalars = np.array(host_scalars(rule, hyper, signature), dtype=signature.compute)
-    return (scalars, *_drivers_for(rule, signature))
+    keys = (np.array(rounding_words(rule, signature, rounding), dtype=np.int64),) \
+        if signature.stochastic else ()
+    return (scalars, *_drivers_for(rule, signature), keys, signature)
 
 
 def call(driver, *args, parallel: bool = False):
@@ -174,22 +177,23 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
 
     Raises ``ValueError`` before any write if two arrays overlap.
     """
-    scalars, serial, parallel = prepared
+    scalars, serial, parallel, keys, signature = prepared
     flat = [a.reshape(-1) for a in arrays]
     if arrays[0].size >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
-        code = call(parallel, *flat, scalars, parallel=True)
+        code = call(parallel, *flat, scalars, *keys, parallel=True)
     else:
-        code = call(serial, *flat, scalars)
+        code = call(serial, *flat, scalars, *keys)
     if code:  # nothing was written
-        raise overlap_error(rule.name + "_", *overlap_pairs(rule)[code - 1])
+        raise overlap_error(rule.name + "_", *overlap_pairs(rule, signature)[code - 1])
 
 
-def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature) -> None:
+def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
+           rounding: tuple[int, int] | None = None) -> None:
     """Run ``rule`` in place over ``arrays`` (checked, C-contiguous, one shape)."""
-    launch(rule, arrays, prepare(rule, hyper, signature))
+    launch(rule, arrays, prepare(rule, hyper, signature, rounding))
 
 
-def norm_sums(array) -> tuple[float, float, float]:
+def norm_sums(array, storage: str | None = None) -> tuple[float, float, float]:
     """One vectorised, multi-threaded read of ``array``: the accumulators of
     :func:`fusedopt.backends.base.norm_from_sums` (the gradient-norm and non-finite check of
     the stateful optimizers). float32 squares summed in float64 cannot overflow, so float32
@@ -197,6 +201,10 @@ def norm_sums(array) -> tuple[float, float, float]:
     module = _module or drivers()
     flat = array.reshape(-1)
     parallel = flat.size >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only()
+    if storage in ("bfloat16", "float16"):  # bit patterns: squares of the decoded values
+        short = "bf16" if storage == "bfloat16" else "f16"
+        driver = getattr(module, f"sum_of_squares_{short}_{'parallel' if parallel else 'serial'}")
+        return 0.0, call(driver, flat, parallel=parallel), 0.0
     if flat.dtype == np.float64:
         driver = module.norm_sums_parallel if parallel else module.norm_sums_serial
         return call(driver, flat, parallel=parallel)

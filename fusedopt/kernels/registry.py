@@ -74,6 +74,12 @@ class Hyper:
         return text + (", or None" if self.kind == "optional" else "")
 
 
+class ScalarRangeError(ValueError):
+    """Hyperparameters whose step scalars cannot be used (beyond the compute dtype's range, or
+    a decay that flips the parameters' sign). The message has no function name: the caller
+    (``fo.adam_``, ``opt.step``) adds its own."""
+
+
 def real(name: str, default, doc: str, *, lo: float | None = 0.0, hi: float | None = None,
          lo_open: bool = False, hi_open: bool = False, symbol: str = "") -> Hyper:
     """A real hyperparameter (``>= 0`` unless said otherwise)."""

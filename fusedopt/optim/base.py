@@ -41,12 +41,25 @@ import numpy as np
 from fusedopt import _checks, backends
 from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
-from fusedopt.kernels.dtypes import homogeneous
+from fusedopt.kernels.dtypes import LOW_PRECISION, STATE_DTYPES, homogeneous
+from fusedopt.kernels.dtypes import signature as dtype_signature
 from fusedopt.kernels.registry import GRAD_SCALE, flag
 from fusedopt.optim.checkpoint import Checkpointing
-from fusedopt.optim.groups import ParamGroup, checked_grad
+from fusedopt.optim.groups import ParamGroup, bits, checked_grad
 
 _GROUP_KEYS = {"params", "schedule"}
+
+
+def _state_dtype(name: str, value) -> str | None:
+    """``state_dtype`` as a storage name: None (the parameters' own, float32 for 16-bit ones),
+    ``"float32"`` or ``"bfloat16"``."""
+    if value is None:
+        return None
+    text = getattr(value, "__name__", None) or getattr(value, "name", None) or value
+    if not isinstance(text, str) or text not in STATE_DTYPES:
+        raise ValueError(f"{name}: state_dtype={value!r}; choose None (the parameters' dtype; "
+                         "float32 for 16-bit parameters), 'float32' or 'bfloat16'")
+    return text
 
 
 class Optimizer(Checkpointing):
@@ -66,8 +79,14 @@ class Optimizer(Checkpointing):
 
     def __init__(self, params, *, schedule: Callable[[int], float] | None = None,
                  by: str = "epoch", max_grad_norm: float | None = None,
-                 nonfinite: str | None = None, backend: str | None = None, **hyper):
+                 nonfinite: str | None = None, backend: str | None = None,
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0, **hyper):
         name = type(self).__name__
+        state_dtype = _state_dtype(name, state_dtype)
+        master_weights = _checks.flag(name, "master_weights", master_weights)
+        stochastic_rounding = _checks.flag(name, "stochastic_rounding", stochastic_rounding)
+        seed = _checks.seed(name, seed)
         hyper = self._without_fixed(hyper, name)
         specs = {h.name for h in self.hyper_specs()}
         unknown = set(hyper) - specs
@@ -111,6 +130,13 @@ class Optimizer(Checkpointing):
         # A tensor given twice (or two overlapping views) would be updated twice per step.
         _checks.no_overlap_among(name, "parameters", [p for g in self.groups
                                                       for p in g.unit_params])
+        for gi, group in enumerate(self.groups):
+            if state_dtype is not None and "float64" in group.unit_storage:
+                raise ValueError(f"{name}: state_dtype={state_dtype!r}, but group {gi} has "
+                                 "float64 parameters, whose state is float64; drop state_dtype "
+                                 "or use float32 parameters")
+        self.state_dtype, self.master_weights = state_dtype, master_weights
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
         self.backend = _checks.backend_for(name, kind, backend)
         self._impl = backends.get(self.backend)
         self._xp = np if kind == "numpy" else __import__("cupy")
@@ -202,6 +228,7 @@ class Optimizer(Checkpointing):
                 raise TypeError(f"{name}.step() needs grads: a sequence matching the "
                                 "parameters (only a ParamArena supplies its own)")
             out = [g.arena_grads() for g in self.groups]
+            self._grad_storage = [list(g.unit_storage) for g in self.groups]
             self._check_writeable(name)
             return out
         if not list_groups:
@@ -213,18 +240,22 @@ class Optimizer(Checkpointing):
         if len(grads) != expected:
             raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
                              "parameters; pass one per parameter, in order")
-        out, k, given = [], 0, []
+        out, k, given, storages = [], 0, [], []
         for group in self.groups:
             if group.arena is not None:
                 out.append(group.arena_grads())
+                storages.append(list(group.unit_storage))
                 continue
-            pairs = []
-            for p in group.tensors:
-                g = checked_grad(name, k, grads[k], p, group.kind)
-                pairs.append((p, g))
+            pairs, group_storages = [], []
+            for p, p_bits, p_storage in zip(group.tensors, group.unit_params, group.storage,
+                                            strict=True):
+                g, g_storage = checked_grad(name, k, grads[k], p, group.kind, p_storage)
+                pairs.append((p_bits, g))
+                group_storages.append(g_storage)
                 given.append(g)
                 k += 1
             out.append(pairs)
+            storages.append(group_storages)
         self._check_writeable(name)
         arrays, names = [], []
         for gi, group in enumerate(self.groups):
@@ -236,8 +267,12 @@ class Optimizer(Checkpointing):
                 for state_name, s in zip(group.state_names, state, strict=False):
                     arrays.append(s)
                     names.append(f"{where}{state_name} of parameter {k}")
+                if group.master is not None and group.master[k] is not None:
+                    arrays.append(group.master[k])
+                    names.append(f"{where}master copy of parameter {k}")
         _checks.no_alias(f"{name}.step", arrays, names, given,
                          [f"grads[{k}]" for k in range(len(given))])
+        self._grad_storage = storages
         return out
 
     def _check_writeable(self, name: str) -> None:
@@ -259,12 +294,17 @@ class Optimizer(Checkpointing):
         """
         units = self._units(grads)
         t = self.step_count + 1
+        if t > _checks.MAX_COUNT:  # the checkpoint of a later step could not be loaded
+            raise ValueError(f"{type(self).__name__}.step: the step count would pass 2**53, the "
+                             "largest a checkpoint holds; start a new optimizer")
         lrs = [self._lr(group, t) for group in self.groups]  # a bad schedule fails here, first
         scale = 1.0
         if self.max_grad_norm is not None or self.nonfinite is not None:
             # One read of the gradients; on a GPU the partial sums stay on the device and the
             # host reads their total once.
-            sums = [self._impl.norm_sums(g) for pairs in units for _, g in pairs]
+            sums = [self._impl.norm_sums(g, storage)
+                    for pairs, group_storage in zip(units, self._grad_storage, strict=True)
+                    for (_, g), storage in zip(pairs, group_storage, strict=True)]
             totals = [float(sum(s[k] for s in sums)) for k in range(3)]
             norm = norm_from_sums(*totals)  # inf only for NaN/inf, or a norm beyond float64
             self.last_grad_norm = norm
@@ -283,21 +323,33 @@ class Optimizer(Checkpointing):
                 scale = clip_scale(self.max_grad_norm, totals)
         for group in self.groups:
             if group.state is None:
-                group.allocate(self._xp)
+                group.allocate(self._xp, self.state_dtype, self.master_weights)
         impl = self._impl
         launches = []  # everything prepared before the first write
-        for group, pairs, lr in zip(self.groups, units, lrs, strict=True):
+        rounding = (self.seed, t)
+        for group, pairs, lr, grad_storage in zip(self.groups, units, lrs, self._grad_storage,
+                                                  strict=True):
             rule = group.rule
             hyper = self._launch_hyper(group, lr, scale, t)
             prepared = {}
-            for (p, g), state in zip(pairs, group.state, strict=True):
-                if p.dtype not in prepared:
-                    signature = homogeneous(rule.arrays, p.dtype)
+            for k, ((p, g), state) in enumerate(zip(pairs, group.state, strict=True)):
+                master = group.master[k] if group.master is not None else None
+                storage = (group.unit_storage[k], grad_storage[k],
+                           *(group.state_storage[k],) * len(state))
+                key = (storage, master is not None)
+                if key not in prepared:
+                    signature = (homogeneous(rule.arrays, p.dtype)
+                                 if master is None and len(set(storage)) == 1
+                                 and storage[0] not in LOW_PRECISION
+                                 else dtype_signature(rule.arrays, storage, writes=rule.writes,
+                                                      master=master is not None,
+                                                      stochastic=self.stochastic_rounding))
                     try:
-                        prepared[p.dtype] = impl.prepare(rule, hyper, signature)
+                        prepared[key] = impl.prepare(rule, hyper, signature, rounding)
                     except ScalarRangeError as exc:
                         raise ValueError(f"{type(self).__name__}.step: {exc}") from None
-                launches.append((rule, (p, g, *state), prepared[p.dtype]))
+                arrays = (p, g, *state) + ((master,) if master is not None else ())
+                launches.append((rule, arrays, prepared[key]))
         for rule, arrays, scalars in launches:
             impl.launch(rule, arrays, scalars)
         self.step_count = t
@@ -306,9 +358,14 @@ class Optimizer(Checkpointing):
     def _nonfinite_message(self, units) -> str:
         bad = []
         for gi, (group, pairs) in enumerate(zip(self.groups, units, strict=True)):
-            grads = (group.arena.grads if group.arena is not None else [g for _, g in pairs])
-            for k, g in enumerate(grads):
-                if not all(math.isfinite(float(x)) for x in self._impl.norm_sums(g)):
+            if group.arena is not None:
+                grads = [bits(g, s) for g, s in zip(group.arena.grads, group.storage,
+                                                     strict=True)]
+                storages = group.storage
+            else:
+                grads, storages = [g for _, g in pairs], self._grad_storage[gi]
+            for k, (g, storage) in enumerate(zip(grads, storages, strict=True)):
+                if not all(math.isfinite(float(x)) for x in self._impl.norm_sums(g, storage)):
                     bad.append(f"group {gi} tensor {k} {tuple(g.shape)}")
         return (f"{type(self).__name__}: non-finite gradient at step {self.step_count + 1} in "
                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was updated "

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
 from fusedopt import _checks
+from fusedopt.kernels.dtypes import LOW_PRECISION
 from fusedopt.optim import npz
-from fusedopt.optim.groups import on_device, to_host
+from fusedopt.optim.groups import bits, decoded, on_device, state_storage, to_host
+
+
+def _kernel_dtype(storage: str) -> np.dtype:
+    """How an array of ``storage`` is held (and saved): 16-bit ones as uint16 patterns."""
+    return np.dtype(np.uint16) if storage in LOW_PRECISION else np.dtype(storage)
 
 FORMAT, VERSION = "fusedopt.optimizer", 1
 
@@ -35,15 +42,29 @@ class Checkpointing:
         for group in self.groups:
             entry = {"hyper": dict(group.hyper),
                      "shapes": [list(t.shape) for t in group.tensors],
-                     "dtypes": [t.dtype.name for t in group.tensors],
-                     "params": [to_host(t) for t in group.tensors], "state": {}}
+                     "dtypes": list(group.storage),  # 16-bit arrays are saved as bit patterns
+                     "params": [to_host(bits(t, s)) for t, s in
+                                zip(group.tensors, group.storage, strict=True)], "state": {}}
             if group.state is not None:
                 for k, state_name in enumerate(group.state_names):
                     entry["state"][state_name] = [to_host(v) for v in group.state_views(k)]
+                entry["state_dtypes"] = self._state_storages(group)
+                masters = group.master_views()
+                if masters is not None and any(m is not None for m in masters):
+                    entry["master"] = [None if m is None else to_host(m) for m in masters]
             groups.append(entry)
         return {"format": FORMAT, "version": VERSION, "optimizer": type(self).__name__,
                 "step": self.step_count, "epoch": self.epoch,
-                "skipped_steps": self.skipped_steps, "groups": groups}
+                "skipped_steps": self.skipped_steps, "precision": self._precision(),
+                "groups": groups}
+
+    def _precision(self) -> dict:
+        return {"state_dtype": self.state_dtype, "master_weights": self.master_weights,
+                "stochastic_rounding": self.stochastic_rounding, "seed": self.seed}
+
+    def _state_storages(self, group) -> list[str]:
+        """Each tensor's state storage name."""
+        return [state_storage(s, self.state_dtype) for s in group.storage]
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; a mismatch is a ValueError and changes nothing."""
@@ -64,6 +85,22 @@ class Checkpointing:
                 raise ValueError(f"{name}.load_state_dict: {key}={_checks.short(value)} is "
                                  f"invalid; it must be an integer from {lo} to 2**53")
             counters[key] = int(value)
+        precision = state.get("precision") or {"state_dtype": None, "master_weights": False,
+                                                "stochastic_rounding": False, "seed": 0}
+        if not isinstance(precision, dict):
+            raise ValueError(f"{name}.load_state_dict: precision is not a dict")
+        for key in ("state_dtype", "master_weights"):
+            if precision.get(key, getattr(self, key)) != getattr(self, key):
+                raise ValueError(f"{name}.load_state_dict: the state was saved with {key}="
+                                 f"{precision.get(key)!r}, this optimizer has {key}="
+                                 f"{getattr(self, key)!r}; construct it with {key}="
+                                 f"{precision.get(key)!r}")
+        try:
+            stochastic = _checks.flag(name, "stochastic_rounding",
+                                      precision.get("stochastic_rounding", False))
+            seed = _checks.seed(name, precision.get("seed", 0))
+        except TypeError as exc:
+            raise ValueError(f"{name}.load_state_dict: {exc}") from None
         groups = state.get("groups")
         if not isinstance(groups, list) or len(groups) != len(self.groups):
             raise ValueError(f"{name}.load_state_dict: the state has "
@@ -71,23 +108,27 @@ class Checkpointing:
                              f"this optimizer {len(self.groups)}")
         staged = [self._staged_group(f"{name}.load_state_dict: group {gi}", group, entry)
                   for gi, (group, entry) in enumerate(zip(self.groups, groups, strict=True))]
-        if any(s is not None for *_, s in staged) and any(s is None for *_, s in staged):
+        if any(s[4] is not None for s in staged) and any(s[4] is None for s in staged):
             raise ValueError(f"{name}.load_state_dict: some groups have state and some not")
         # Everything checked and on the device: now write.
-        for group, hyper, rule, params, state_arrays in staged:
+        for group, hyper, rule, params, state_arrays, masters in staged:
             group.hyper = hyper
             if rule is not group.rule:  # e.g. amsgrad switched: other state names
                 group.rule, group.state = rule, None
-            for dst, src in zip(group.tensors, params, strict=True):
-                dst[...] = src
+            for dst, storage, src in zip(group.tensors, group.storage, params, strict=True):
+                bits(dst, storage)[...] = src
             if state_arrays is None:
-                group.state = None
+                group.state, group.master = None, None
                 continue
             if group.state is None:
-                group.allocate(self._xp)
+                group.allocate(self._xp, self.state_dtype, self.master_weights)
             for k, state_name in enumerate(group.state_names):
                 for dst, src in zip(group.state_views(k), state_arrays[state_name], strict=True):
                     dst[...] = src
+            for dst, src in zip(group.master_views() or [], masters or [], strict=False):
+                if dst is not None and src is not None:
+                    dst[...] = src
+        self.stochastic_rounding, self.seed = stochastic, seed
         self.step_count = counters["step"]
         self.epoch = counters["epoch"]
         self.skipped_steps = counters["skipped_steps"]
@@ -113,30 +154,68 @@ class Checkpointing:
         except TypeError as exc:  # a wrong type in a file is a bad file: one error type
             raise ValueError(str(exc)) from exc
         rule = self.rule_for(hyper)
-        params = self._staged_arrays(where, "params", entry.get("params"), group.tensors)
+        saved_dtypes = entry.get("dtypes", group.storage)
+        if list(saved_dtypes) != list(group.storage):
+            raise ValueError(f"{where}: the parameters were saved as {list(saved_dtypes)}, this "
+                             f"optimizer's are {group.storage}")
+        shapes = [tuple(t.shape) for t in group.tensors]
+        devices = group.tensors
+        params = self._staged_arrays(where, "params", entry.get("params"), shapes,
+                                     [_kernel_dtype(s) for s in group.storage], devices)
         saved_state = entry.get("state") or {}
         if saved_state and set(saved_state) != set(rule.state):
             raise ValueError(f"{where}: state {sorted(saved_state)} is not {sorted(rule.state)}")
-        state_arrays = ({k: self._staged_arrays(where, k, saved_state[k], group.tensors)
+        state_dtypes = [_kernel_dtype(s) for s in self._state_storages(group)]
+        state_arrays = ({k: self._staged_arrays(where, k, saved_state[k], shapes, state_dtypes,
+                                                devices)
                          for k in rule.state} if saved_state else None)
+        masters = None
+        wanted = [s in LOW_PRECISION for s in group.storage] if self.master_weights else []
+        if saved_state and any(wanted):
+            saved = entry.get("master")
+            if not isinstance(saved, list) or len(saved) != len(shapes) or any(
+                    (m is None) == w for m, w in zip(saved, wanted, strict=True)):
+                raise ValueError(f"{where}: the master copies of the 16-bit parameters are "
+                                 "missing or misplaced")
+            masters = self._staged_arrays(where, "master", saved, shapes,
+                                          [np.dtype(np.float32)] * len(shapes), devices,
+                                          optional=True)
+        storages = self._state_storages(group)
+        values = ({k: [decoded(self._xp, a, s) if s in LOW_PRECISION else a
+                       for a, s in zip(arrays, storages, strict=True)]
+                   for k, arrays in state_arrays.items()} if state_arrays else None)
         for k in rule.nonnegative if state_arrays else ():
-            for i, a in enumerate(state_arrays[k]):
+            for i, a in enumerate(values[k]):
                 if a.size and bool((a < 0).any()):  # a sum of squares: the next step gives NaN
                     raise ValueError(f"{where}: {k}[{i}] has negative values; it is an average "
                                      "of squares, never negative (a damaged or edited state)")
-        return group, hyper, rule, params, state_arrays
+        # NaN or inf state is what a step on non-finite gradients leaves (without the
+        # nonfinite= check): loaded as saved, so a resumed run is the run, but said aloud.
+        for k in rule.state if state_arrays else ():
+            for i, a in enumerate(values[k]):
+                if a.size and not bool(np.isfinite(a).all()):
+                    warnings.warn(f"{where}: {k}[{i}] holds NaN or inf values; the next step "
+                                  "makes those parameters non-finite (use nonfinite='skip' to "
+                                  "keep a diverging step out of the state)", RuntimeWarning,
+                                  stacklevel=4)
+        return group, hyper, rule, params, state_arrays, masters
 
-    def _staged_arrays(self, where: str, what: str, arrays, like: list) -> list:
-        if not isinstance(arrays, list) or len(arrays) != len(like):
+    def _staged_arrays(self, where: str, what: str, arrays, shapes: list, dtypes: list,
+                       devices: list, optional: bool = False) -> list:
+        if not isinstance(arrays, list) or len(arrays) != len(shapes):
             raise ValueError(f"{where}: {what} has {len(arrays) if isinstance(arrays, list) else 0}"
-                             f" arrays for {len(like)} parameters")
+                             f" arrays for {len(shapes)} parameters")
         out = []
-        for k, (a, ref) in enumerate(zip(arrays, like, strict=True)):
+        for k, (a, shape, dtype, ref) in enumerate(zip(arrays, shapes, dtypes, devices,
+                                                       strict=True)):
+            if optional and a is None:
+                out.append(None)
+                continue
             if not isinstance(a, np.ndarray) and _checks.array_kind(a) != "cupy":
                 raise ValueError(f"{where}: {what}[{k}] is not an array")
-            if tuple(a.shape) != tuple(ref.shape) or a.dtype != ref.dtype:
+            if tuple(a.shape) != tuple(shape) or a.dtype != dtype:
                 raise ValueError(f"{where}: {what}[{k}] is {a.dtype} {tuple(a.shape)} but the "
-                                 f"parameter is {ref.dtype} {tuple(ref.shape)}")
+                                 f"optimizer holds {dtype} {tuple(shape)} there")
             with on_device(self._xp, ref):  # onto the parameter's own GPU
                 out.append(self._xp.asarray(a))
         return out
@@ -155,10 +234,16 @@ def save(path: str | os.PathLike, opt) -> None:
     meta = {k: v for k, v in state.items() if k != "groups"}
     meta["groups"] = []
     for gi, group in enumerate(state["groups"]):
+        masters = group.get("master")
         meta["groups"].append({"hyper": group["hyper"], "shapes": group["shapes"],
-                               "dtypes": group["dtypes"], "state": sorted(group["state"])})
+                               "dtypes": group["dtypes"], "state": sorted(group["state"]),
+                               "master": None if masters is None else
+                               [k for k, m in enumerate(masters) if m is not None]})
         for k, p in enumerate(group["params"]):
             arrays[f"g{gi}.params.{k}"] = p
+        for k, m in enumerate(masters or []):
+            if m is not None:
+                arrays[f"g{gi}.master.{k}"] = m
         for state_name, values in group["state"].items():
             for k, v in enumerate(values):
                 arrays[f"g{gi}.{state_name}.{k}"] = v
@@ -184,6 +269,10 @@ def load(path: str | os.PathLike, opt) -> None:
                 "state": {s: [entries[f"g{gi}.{s}.{k}"] for k in range(n)]
                           for s in group["state"]},
             })
+            if group.get("master") is not None:
+                held = set(group["master"])
+                groups[-1]["master"] = [entries[f"g{gi}.master.{k}"] if k in held else None
+                                        for k in range(n)]
         state = {**{k: v for k, v in meta.items() if k != "groups"}, "groups": groups}
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ValueError(f"load: {os.fspath(path)} is not a readable fusedopt checkpoint (its "

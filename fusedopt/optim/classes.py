@@ -25,7 +25,16 @@ _COMMON = [
     ("max_grad_norm", "None", "clip the gradients by their global norm, inside the fused step"),
     ("nonfinite", "None", "'skip' or 'raise' on NaN/inf gradients (one extra read), or None"),
     ("backend", "None", "None (by array type), 'numba', 'cupy' or 'numpy'"),
+    ("state_dtype", "None", "the state's storage: 'float32' or 'bfloat16'; None keeps the "
+                            "parameters' dtype (float32 for bfloat16/float16 parameters)"),
+    ("master_weights", "False", "keep a float32 master copy of each bfloat16/float16 "
+                                "parameter: the update runs on it and writes both in one pass"),
+    ("stochastic_rounding", "False", "round bfloat16/float16 stores stochastically (unbiased; "
+                                     "the bits hash (seed, step, index, array), no RNG state)"),
+    ("seed", "0", "the stochastic rounding's seed, an int in [0, 2**64)"),
 ]
+_FORWARDED = ("schedule", "by", "max_grad_norm", "nonfinite", "backend", "state_dtype",
+              "master_weights", "stochastic_rounding", "seed")
 
 
 def _docstring(cls_name: str, v: Variant, specs) -> str:
@@ -51,8 +60,10 @@ def _init_source(name: str, v: Variant, specs) -> str:
     # as older fusedopt did; another value is refused by Optimizer.__init__.
     params += [f"{k}: bool = {value!r}" for k, value in v.fixed.items()]
     params += ["schedule=None", "by: str = 'epoch'", "max_grad_norm: float | None = None",
-               "nonfinite: str | None = None", "backend: str | None = None"]
-    forwarded = [f"{n}={n}" for n in ("schedule", "by", "max_grad_norm", "nonfinite", "backend")]
+               "nonfinite: str | None = None", "backend: str | None = None",
+               "state_dtype: str | None = None", "master_weights: bool = False",
+               "stochastic_rounding: bool = False", "seed: int = 0"]
+    forwarded = [f"{n}={n}" for n in _FORWARDED]
     forwarded += [f"{h.name}={h.name}" for h in specs] + [f"{k}={k}" for k in v.fixed]
     return (f"def {name}({', '.join(params)}) -> None:\n"
             f"    _Optimizer.__init__(self, params, {', '.join(forwarded)})\n\n\n")

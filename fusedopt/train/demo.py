@@ -21,6 +21,7 @@ import numpy as np
 from fusedopt import _checks, schedules
 from fusedopt.kernels import optimizer_rule
 from fusedopt.optim import make_optimizer
+from fusedopt.train import precision as precisions
 from fusedopt.train.batches import minibatches
 from fusedopt.train.datasets import load_digits
 from fusedopt.train.mlp import MLP
@@ -46,8 +47,10 @@ class DemoResult:
 def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30,
         batch_size: int | str = 64, out: str | None = "fusedopt-demo", hidden: int = 64,
         lr: float | None = None, seed: int = 0, progress: bool = True,
-        log=print) -> DemoResult:
-    """Train the MLP on the digits; see the module docstring."""
+        precision: str = "fp32", log=print) -> DemoResult:
+    """Train the MLP on the digits; see the module docstring. ``precision`` is a recipe of
+    :mod:`fusedopt.train.precision` (fp32, bf16, bf16-sr, fp16-master)."""
+    precisions.check(precision, "cupy" if backend == "cupy" else "numpy")
     if out is not None:
         out = _checks.output_dir("demo", "out", out)
     data = load_digits(seed=seed)
@@ -72,11 +75,14 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
         log(f"      the demo trains with mini-batches of {batch_size} instead (--batch-size plan "
             "follows the plan; `fusedopt profile` measures which lowers the cost faster)")
     log(f"training: MLP {layers}, {optimizer}, mini-batches of {batch_size}, {epochs} epochs, "
-        f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}")
+        f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}, precision {precision}")
     net = MLP(layers, xp=xp, seed=seed)
     lr0 = lr if lr is not None else optimizer_rule(optimizer).typical_lr
     schedule = schedules.inverse_time(lr0, decay_rate=0.05)
-    opt = make_optimizer(optimizer, net.arena, lr=lr0, schedule=schedule, backend=backend)
+    trainer = precisions.Trainer(
+        net, precision, lambda params, **options: make_optimizer(
+            optimizer, params, lr=lr0, schedule=schedule, backend=backend, **options), seed=seed)
+    opt = trainer.opt
     costs, lrs = [], []
     rng = np.random.default_rng(seed)  # one stream for the run: reproducible, new each epoch
     epochs_iter = range(1, epochs + 1)
@@ -89,7 +95,7 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     for _ in epochs_iter:
         for X_t, Y_t in minibatches(X, Y, batch_size, seed=rng):
             lrs.append(opt.lr)
-            costs.append(net.train_step(X_t, Y_t, opt))
+            costs.append(trainer.train_step(X_t, Y_t))
         opt.next_epoch()
         if bar is not None:
             bar.set_postfix(cost=f"{costs[-1]:.4f}", lr=f"{opt.lr:.4g}")

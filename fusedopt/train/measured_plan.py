@@ -48,6 +48,7 @@ import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 
 from fusedopt import _checks, config
 from fusedopt.train.memory_accounting import ACCOUNTING, free_bytes, oom_errors
@@ -95,6 +96,9 @@ class MeasuredPlan:
 # ------------------------------------------------------------------ checks
 def _kind(f: str, name: str, A) -> str:
     if type(A).__module__.split(".")[0] == "torch" and hasattr(A, "is_cuda"):
+        if str(getattr(A, "layout", "torch.strided")) != "torch.strided":
+            raise TypeError(f"{f}: {name} is a {A.layout} torch tensor; pass a dense one "
+                            f"({name}.to_dense())")
         return "torch-cuda" if A.is_cuda else "torch-cpu"
     kind = _checks.array_kind(A)
     if kind not in ("numpy", "cupy"):
@@ -173,7 +177,9 @@ def measure_batch_size(step: Callable, X, Y=None, *, sizes: tuple[int, int] = (8
     f = "measure_batch_size"
     if not callable(step):
         raise TypeError(f"{f}: step must be callable as step(X_t, Y_t), or step(X_t) without Y")
-    if isinstance(sample_axis, bool) or sample_axis not in (0, 1):
+    if isinstance(sample_axis, bool) or not isinstance(sample_axis, Integral):
+        raise TypeError(f"{f}: sample_axis must be the int 0 or 1, not {sample_axis!r}")
+    if sample_axis not in (0, 1):
         raise ValueError(f"{f}: sample_axis={sample_axis!r}; use 1 (samples as columns, "
                          "X: (n_x, m)) or 0 (samples as rows)")
     kind = _kind(f, "X", X)
@@ -200,9 +206,12 @@ def measure_batch_size(step: Callable, X, Y=None, *, sizes: tuple[int, int] = (8
     cap = m
     if max_batch_size is not None:
         cap = min(m, _checks.count(f, "max_batch_size", max_batch_size, "a batch size",
-                                   "use at least 1"))
+                                   "use at least 2"))
+        if cap < large:  # no step may run above the cap, the measured ones included
+            raise ValueError(f"{f}: max_batch_size={cap} is below sizes[1]={large}; pass sizes "
+                             f"at most the cap, e.g. sizes=({max(1, cap // 8)}, {cap})")
     if memory_limit is not None:
-        memory_limit = int(_checks.real(f, "memory_limit", memory_limit, 0.0, lo_open=True))
+        memory_limit = int(_checks.real(f, "memory_limit", memory_limit, 1.0))  # whole bytes
     if not isinstance(confirm, bool):
         raise TypeError(f"{f}: confirm must be True or False")
 

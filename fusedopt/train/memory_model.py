@@ -31,6 +31,7 @@ import numpy as np
 from fusedopt import config
 from fusedopt.arena import ALIGN_BYTES, layout
 from fusedopt.kernels import optimizer_names, optimizer_rule
+from fusedopt.kernels.dtypes import ITEMSIZE, RECIPES
 from fusedopt.train.mlp import MLP
 
 #: No dimension (or layer size, or sample count) can be larger: no machine holds 2**62 bytes.
@@ -74,16 +75,29 @@ def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
 
 
 def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
-                    gpu: bool = False) -> dict[str, int]:
-    """Parameters, gradients and optimizer state of a model held in a ParamArena."""
+                    gpu: bool = False, precision: str = "fp32") -> dict[str, int]:
+    """Parameters, gradients and optimizer state of a model held in a ParamArena, each in
+    the storage of the ``precision`` recipe (:data:`fusedopt.kernels.dtypes.RECIPES`;
+    ``"fp32"`` keeps ``dtype``), and the float32 master copy where the recipe has one."""
     check_optimizer("parameter_bytes", optimizer)
-    itemsize = np.dtype(dtype).itemsize
-    n = arena_buffer_elements(shapes, dtype)
-    # On the CPU the arena over-allocates one alignment pad per buffer.
-    buffer = n * itemsize + (0 if gpu else ALIGN_BYTES)
+    if precision not in RECIPES:
+        raise ValueError(f"parameter_bytes: precision={precision!r}; choose one of "
+                         f"{', '.join(RECIPES)}")
+    param, state, master, _ = RECIPES[precision]
+    if precision == "fp32":
+        param = state = np.dtype(dtype).name
+    # the arena's layout depends only on the item size (a float16 stand-in for bfloat16)
+    n = arena_buffer_elements(shapes, {2: np.float16, 4: np.float32, 8: np.float64}[
+        ITEMSIZE[param]])
+    pad = 0 if gpu else ALIGN_BYTES  # on the CPU the arena over-allocates one pad per buffer
+    buffer = n * ITEMSIZE[param] + pad
     slots = state_slots(optimizer)
-    return {"parameters": buffer, "gradients": buffer,
-            f"optimizer state ({slots} slots)": slots * n * itemsize}
+    state_name = (f"optimizer state ({slots} slots)" if precision == "fp32"
+                  else f"optimizer state ({slots} slots, {state})")
+    out = {"parameters": buffer, "gradients": buffer, state_name: slots * n * ITEMSIZE[state]}
+    if master:
+        out["float32 master copy"] = n * 4
+    return out
 
 
 def mlp_activation_bytes(layer_sizes: Sequence[int], batch_size: int, dtype=np.float32,
@@ -98,7 +112,8 @@ def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
                     layer_sizes: Sequence[int] | None = None,
                     activation_bytes_per_sample: int | None = None, dtype=np.float32,
                     x_dtype=np.float32, y_dtype=np.float32, optimizer: str = "adam",
-                    shuffle: bool = True, gpu: bool = False) -> dict[str, int]:
+                    shuffle: bool = True, gpu: bool = False,
+                    precision: str = "fp32") -> dict[str, int]:
     """Every item alive at the peak of the training loop, by name (bytes); they sum to it.
 
     The items that live through the run, one mini-batch, and then whichever of
@@ -106,7 +121,7 @@ def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
     mini-batch still held while the next is gathered, or the step's temporaries.
     """
     out = {}
-    out.update(parameter_bytes(shapes, dtype, optimizer, gpu))
+    out.update(parameter_bytes(shapes, dtype, optimizer, gpu, precision))
     if not gpu:  # the host side of any loop; on a GPU it is not in the device's memory
         out["Python and NumPy bookkeeping"] = (
             config.PLANNER_LOOP_OVERHEAD_BYTES

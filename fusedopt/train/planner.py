@@ -131,7 +131,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                     activation_bytes_per_sample: int | None = None, optimizer: str = "adam",
                     memory_limit: int | None = None, backend: str | None = None,
                     sample_axis: int = 1, dtype=np.float32,
-                    param_shapes=None, extra_bytes: int = 0) -> BatchPlan:
+                    param_shapes=None, extra_bytes: int = 0,
+                    precision: str = "fp32") -> BatchPlan:
     """Choose the mini-batch size by the lecture's rules, checked against free memory.
 
     Args:
@@ -215,7 +216,7 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                                 layer_sizes=layer_sizes,
                                 activation_bytes_per_sample=activation_bytes_per_sample,
                                 dtype=dtype, x_dtype=x_dtype, y_dtype=y_dtype,
-                                optimizer=optimizer, gpu=gpu)
+                                optimizer=optimizer, gpu=gpu, precision=precision)
         if not resident_already:
             parts["the training set X, Y"] = dataset
         if extra_bytes:

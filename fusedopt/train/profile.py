@@ -183,6 +183,10 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
                                        memory_limit=memory_limit, backend=backend,
                                        extra_bytes=0 if xp == "cupy"
                                        else config.PROFILER_RECORD_BYTES)
+        one = plan.peak_bytes_at(1)
+        if one is not None and one > plan.usable_bytes:  # before the model is even built
+            raise ValueError(f"{f}: layer_sizes={layer_sizes} needs {one:,} bytes at batch size "
+                             f"1, and {plan.usable_bytes:,} are usable; use smaller layers")
     evaluation = min(m, 4096)
     X_eval, Y_eval = X[:, :evaluation], Y[:, :evaluation]
     # Warm up (JIT compile or cache load, first-touch of the code paths) outside any probe,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fusedopt.kernels.registry import beta, flag, real
+from fusedopt.kernels.registry import ScalarRangeError, beta, flag, real
 
 __all__ = ["BETA1", "BETA2", "BIAS_CORRECTION", "DECOUPLED", "EPS", "EXP_AVG_DOC",
            "EXP_AVG_SQ_DOC", "LR_DOC", "WEIGHT_DECAY", "adam_like_torch", "weight_decay_split"]
@@ -10,7 +10,9 @@ __all__ = ["BETA1", "BETA2", "BIAS_CORRECTION", "DECOUPLED", "EPS", "EXP_AVG_DOC
 LR_DOC = "learning rate alpha"
 WEIGHT_DECAY = real("weight_decay", 0.0, "L2 coefficient lambda, added to the gradient",
                     symbol=r"\lambda")
-EPS = real("eps", 1e-8, "added to the denominator's square root", symbol=r"\epsilon")
+# eps > 0: with eps = 0 a zero gradient on a zero state (an unused unit) divides 0 by 0.
+EPS = real("eps", 1e-8, "added to the denominator's square root", lo_open=True,
+           symbol=r"\epsilon")
 BETA1 = beta("beta1", 0.9, "decay of the first moment", r"\beta_1")
 BETA2 = beta("beta2", 0.999, "decay of the second moment", r"\beta_2")
 DECOUPLED = flag("decoupled_weight_decay", False,
@@ -22,8 +24,18 @@ EXP_AVG_SQ_DOC = "second moment v, an average of the squared gradients (start at
 
 
 def weight_decay_split(lr: float, weight_decay: float, decoupled: bool) -> tuple[float, float]:
-    """(param_scale, coupled_decay): AdamW shrinks the parameter, Adam adds to the gradient."""
-    return (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
+    """(param_scale, coupled_decay): AdamW shrinks the parameter, Adam adds to the gradient.
+
+    A decoupled ``lr * weight_decay`` above 1 would flip every parameter's sign each step
+    (and grow it without bound): a :class:`~fusedopt.backends.base.ScalarRangeError`.
+    """
+    if not decoupled:
+        return 1.0, weight_decay
+    if lr * weight_decay > 1.0:
+        raise ScalarRangeError(f"lr * weight_decay = {lr * weight_decay!r} is above 1: the "
+                               "decoupled decay 1 - lr*weight_decay would flip the parameters' "
+                               "sign; use lr * weight_decay <= 1")
+    return 1.0 - lr * weight_decay, 0.0
 
 
 def adam_like_torch(name_if_decoupled: str, name: str, **extra):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fusedopt.kernels.language import sign
 from fusedopt.kernels.registry import GRAD_DOC, GRAD_SCALE, PARAM_DOC, beta, real, register
-from fusedopt.kernels.rules._common import LR_DOC
+from fusedopt.kernels.rules._common import LR_DOC, weight_decay_split
 
 
 # --------------------------------------------------------------------------- Lion
 def lion_scalars(*, lr: float, beta1: float, beta2: float, weight_decay: float,
                  grad_scale: float) -> tuple[float, ...]:
     """Host scalars of :func:`lion`."""
-    return (grad_scale, lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - lr * weight_decay)
+    param_scale, _ = weight_decay_split(lr, weight_decay, True)
+    return (grad_scale, lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, param_scale)
 
 
 @register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC,

@@ -52,16 +52,20 @@ def nadam_mu_product(beta1: float, momentum_decay: float, step: int) -> float:
         log_sum = -step * math.log(2.0)
     else:
         kl, weights = _series(log_q)
-        # -sum_k 2^-k/k q^k (1 - q^(tk)) / (1 - q^k); the two expm1 carry the signs
-        log_sum = -float(np.dot(weights, np.expm1(step * kl)))
+        # -sum_k 2^-k/k q^k (1 - q^(tk)) / (1 - q^k); the two expm1 carry the signs. Terms
+        # that underflow to 0 or overflow to -1 are the right limits: no warnings, whatever
+        # np.seterr says.
+        with np.errstate(all="ignore"):
+            log_sum = -float(np.dot(weights, np.expm1(step * kl)))
     return math.exp(step * math.log(beta1) + log_sum)
 
 
 @functools.lru_cache(maxsize=8)
 def _series(log_q: float) -> tuple[np.ndarray, np.ndarray]:
     """The step-independent part of the series, per momentum_decay."""
-    kl = _K * log_q
-    return kl, _HALF_POWERS_OVER_K * np.exp(kl) / np.expm1(kl)
+    with np.errstate(all="ignore"):  # for large psi, kl is -inf and exp(kl) 0: the limits
+        kl = _K * log_q
+        return kl, _HALF_POWERS_OVER_K * np.exp(kl) / np.expm1(kl)
 
 
 def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: float,

@@ -1,0 +1,304 @@
+"""``fusedopt bench --precision``: a rule's precision recipes at one size, against two floors.
+
+Each recipe stores the arrays of one call differently (see
+:mod:`fusedopt.kernels.dtypes`); the update is the same rule, computed in
+float32. In one run, per rule and recipe:
+
+``fusedopt``    the library call (``fo.adam_(..., master=..., stochastic_rounding=...)``);
+``bytes floor`` a Numba loop that reads every array once and writes the written ones
+                once with integer math: the memory traffic alone;
+``math floor``  a plain Numba loop written here by hand (not generated) doing the
+                rule's math on the same storage: bit-cast loads, rounding stores,
+                nothing else (no checks, no dispatch).
+
+Ratios: ``x math floor`` (the library's overhead over the plainest loop that
+does the same work) and ``x fp32`` (the recipe's time over float32 everything:
+below 1 is faster). bfloat16 comes from ml_dtypes (an optional extra); without
+it the bfloat16 recipes are skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from fusedopt import functional
+from fusedopt.backends.numba_lowp import load_bf16, random16, store_bf16, store_bf16_sr
+from fusedopt.kernels import RULES, dtypes
+from fusedopt.kernels.rounding import slot_key
+
+#: recipe -> (parameter, gradient, state, master copy, stochastic rounding)
+RECIPES = {name: (param, param, state, master, stochastic)
+           for name, (param, state, master, stochastic) in dtypes.RECIPES.items()
+           if name in ("fp32", "bf16-params", "fp32-master", "bf16", "bf16-sr")}
+RULE_NAMES = ("sgd", "momentum", "adam")
+
+
+# ------------------------------------------------- storage-generic loads and stores (bf16)
+def ld(a, i):  # pragma: no cover - replaced by the overload in compiled code
+    raise NotImplementedError
+
+
+def st(a, i, value, keys, slot):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(ld, inline="always")
+def _ld(a, i):
+    if a.dtype == types.uint16:
+        return lambda a, i: load_bf16(a[i])
+    return lambda a, i: a[i]
+
+
+@overload(st, inline="always")
+def _st(a, i, value, keys, slot):
+    if a.dtype != types.uint16:
+        def plain(a, i, value, keys, slot):
+            a[i] = value
+        return plain
+    if keys is None or isinstance(keys, types.NoneType):
+        def nearest(a, i, value, keys, slot):
+            a[i] = store_bf16(value)
+        return nearest
+
+    def stochastic(a, i, value, keys, slot):
+        a[i] = store_bf16_sr(value, random16(i, keys[slot]))
+    return stochastic
+
+
+# -------------------------------------------------------------- the hand-written math loops
+@njit(parallel=True, nogil=True, error_model="numpy")
+def sgd_loop(param, grad, master, keys, lr):
+    for i in prange(param.size):
+        x = master[i] if master is not None else ld(param, i)
+        x = x - lr * ld(grad, i)
+        if master is not None:
+            master[i] = x
+        st(param, i, x, keys, 0)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
+def momentum_loop(param, grad, velocity, master, keys, lr, beta, one_minus_beta):
+    for i in prange(param.size):
+        x = master[i] if master is not None else ld(param, i)
+        v = beta * ld(velocity, i) + one_minus_beta * ld(grad, i)
+        x = x - lr * v
+        if master is not None:
+            master[i] = x
+        st(param, i, x, keys, 0)
+        st(velocity, i, v, keys, 2)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy")
+def adam_loop(param, grad, exp_avg, exp_avg_sq, master, keys, s):
+    beta1, one_minus_beta1, beta2, one_minus_beta2 = s[0], s[1], s[2], s[3]
+    step_size, inv_sqrt_bc2, eps = s[4], s[5], s[6]
+    for i in prange(param.size):
+        x = master[i] if master is not None else ld(param, i)
+        g = ld(grad, i)
+        m = beta1 * ld(exp_avg, i) + one_minus_beta1 * g
+        v = beta2 * ld(exp_avg_sq, i) + one_minus_beta2 * g * g
+        x = x - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+        if master is not None:
+            master[i] = x
+        st(param, i, x, keys, 0)
+        st(exp_avg, i, m, keys, 2)
+        st(exp_avg_sq, i, v, keys, 3)
+
+
+# --------------------------------------------- the bytes floors (integer views of the arrays)
+@njit(parallel=True, nogil=True)
+def sgd_bytes(param, grad, master):
+    for i in prange(param.size):
+        if master is not None:
+            master[i] = master[i] ^ grad[i]
+            param[i] = master[i]  # written, never read
+        else:
+            param[i] = param[i] ^ grad[i]
+
+
+@njit(parallel=True, nogil=True)
+def momentum_bytes(param, grad, velocity, master):
+    for i in prange(param.size):
+        carry = grad[i]
+        velocity[i] = velocity[i] ^ carry
+        if master is not None:
+            master[i] = master[i] ^ carry
+            param[i] = master[i]
+        else:
+            param[i] = param[i] ^ carry
+
+
+@njit(parallel=True, nogil=True)
+def adam_bytes(param, grad, exp_avg, exp_avg_sq, master):
+    for i in prange(param.size):
+        carry = grad[i]
+        exp_avg[i] = exp_avg[i] ^ carry
+        exp_avg_sq[i] = exp_avg_sq[i] ^ carry
+        if master is not None:
+            master[i] = master[i] ^ carry
+            param[i] = master[i]
+        else:
+            param[i] = param[i] ^ carry
+
+
+MATH_LOOPS = {"sgd": sgd_loop, "momentum": momentum_loop, "adam": adam_loop}
+BYTES_LOOPS = {"sgd": sgd_bytes, "momentum": momentum_bytes, "adam": adam_bytes}
+
+
+# ------------------------------------------------------------------------- measurement
+@dataclass
+class PrecisionResult:
+    rule: str
+    recipe: str
+    n: int
+    bytes_moved: int
+    seconds: dict  # "fusedopt", "math floor", "bytes floor" -> median seconds
+
+
+def _storage_arrays(rule_name: str, recipe: str, n: int, rng):
+    """The call's arrays (16-bit as ml_dtypes bfloat16), the master copy, and kwargs."""
+    import ml_dtypes
+
+    param_dtype, grad_dtype, state_dtype, master, stochastic = RECIPES[recipe]
+    rule = RULES[rule_name]
+    numpy_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+    arrays = []
+    for k, name in enumerate(rule.arrays):
+        values = rng.standard_normal(n).astype(np.float32)
+        if name == "exp_avg_sq":
+            values = np.abs(values) * np.float32(1e-3)
+        dtype = param_dtype if k == 0 else (state_dtype if name in rule.writes else grad_dtype)
+        arrays.append(values.astype(numpy_dtype[dtype]))
+    master_copy = arrays[0].astype(np.float32) if master else None
+    return arrays, master_copy, stochastic
+
+
+def _bytes(arrays, master, rule_name) -> int:
+    rule = RULES[rule_name]
+    total = sum(a.nbytes * (2 if name in rule.writes else 1)
+                for a, name in zip(arrays, rule.arrays, strict=True))
+    if master is not None:  # the master is read and written, the 16-bit parameter only written
+        total += 2 * master.nbytes - arrays[0].nbytes
+    return total
+
+
+def _median_time(call, repeats: int) -> float:
+    call()  # compile, warm the caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _bits(a):
+    """The array as unsigned integers of its own width (bf16 as its patterns)."""
+    return a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint32)
+
+
+def _kernel_view(a):
+    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+
+
+HYPER = {"sgd": {"lr": 1e-3}, "momentum": {"lr": 1e-3, "beta": 0.9},
+         "adam": {"lr": 1e-3}}
+
+
+def measure(rule_name: str, recipe: str, n: int, repeats: int = 10,
+            seed: int = 0) -> PrecisionResult:
+    """One rule and recipe: the library call and both floors, median of ``repeats``."""
+    rng = np.random.default_rng(seed)
+    rule = RULES[rule_name]
+    arrays, master, stochastic = _storage_arrays(rule_name, recipe, n, rng)
+    hyper = dict(HYPER[rule_name])
+    function = functional.FUNCTIONS[rule_name + "_"]
+    step = [0]
+    extra = {"master": master} if master is not None else {}
+    if stochastic:
+        extra.update(stochastic_rounding=True, seed=1)
+
+    def library():
+        step[0] += 1
+        function(*arrays, step=step[0], **hyper, **extra)
+
+    keys = np.array([slot_key(1, 1, k) for k in range(len(rule.arrays))], np.uint32) \
+        if stochastic else None
+    views = [_kernel_view(a) for a in arrays]
+    scalars = rule.host_scalars(**{**rule.defaults, **hyper, **({"step": 3}
+                                                                if rule.needs_step else {})})
+    if rule_name == "sgd":
+        def math_floor():
+            sgd_loop(views[0], views[1], master, keys, np.float32(hyper["lr"]))
+    elif rule_name == "momentum":
+        def math_floor():
+            momentum_loop(*views, master, keys, np.float32(hyper["lr"]),
+                          np.float32(0.9), np.float32(0.1))
+    else:
+        # adam's scalars: grad_scale, beta1, 1-beta1, beta2, 1-beta2, step_size, 1/sqrt(bc2), eps
+        packed = np.array(scalars[1:8], np.float32)
+
+        def math_floor():
+            adam_loop(*views, master, keys, packed)
+    bits = [_bits(a) for a in arrays]
+    master_bits = None if master is None else master.view(np.uint32)
+
+    def bytes_floor():
+        BYTES_LOOPS[rule_name](*bits, master_bits)
+
+    seconds = {}
+    for name, call in (("fusedopt", library), ("math floor", math_floor),
+                       ("bytes floor", bytes_floor)):
+        seconds[name] = _median_time(call, repeats)
+    return PrecisionResult(rule_name, recipe, n, _bytes(arrays, master, rule_name), seconds)
+
+
+def run(rules=RULE_NAMES, recipes=tuple(RECIPES), n: int = 2**24, repeats: int = 10,
+        progress=None) -> list[PrecisionResult]:
+    """:func:`measure` for every rule and recipe (bfloat16 ones need ml_dtypes)."""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        recipes = [r for r in recipes if r == "fp32"]
+        if progress:
+            progress("ml_dtypes is not installed: only fp32 is measured "
+                     "(pip install 'fusedopt[bf16]')")
+    out = []
+    for rule_name in rules:
+        for recipe in recipes:
+            if progress:
+                progress(f"{rule_name} {recipe} n={n}")
+            out.append(measure(rule_name, recipe, n, repeats))
+    return out
+
+
+def rows(results: list[PrecisionResult]) -> list[dict]:
+    """One row per rule and recipe, with its ratios."""
+    fp32 = {r.rule: r.seconds["fusedopt"] for r in results if r.recipe == "fp32"}
+    out = []
+    for r in results:
+        t = r.seconds["fusedopt"]
+        out.append({"rule": r.rule, "recipe": r.recipe, "n": r.n, "ms": t * 1e3,
+                    "bytes_per_element": r.bytes_moved / r.n,
+                    "GB/s": r.bytes_moved / t / 1e9,
+                    "x math floor": t / r.seconds["math floor"],
+                    "x bytes floor": t / r.seconds["bytes floor"],
+                    "speedup vs fp32": fp32[r.rule] / t if r.rule in fp32 else None})
+    return out
+
+
+def format_table(table: list[dict]) -> str:
+    header = (f"{'rule':<9} {'recipe':<12} {'B/elem':>6} {'ms':>8} {'GB/s':>6} "
+              f"{'x math floor':>12} {'x bytes floor':>13} {'speedup vs fp32':>15}")
+    lines = [header, "-" * len(header)]
+    for row in table:
+        speedup = "" if row["speedup vs fp32"] is None else f"{row['speedup vs fp32']:.2f}x"
+        lines.append(f"{row['rule']:<9} {row['recipe']:<12} {row['bytes_per_element']:>6.0f} "
+                     f"{row['ms']:>8.2f} {row['GB/s']:>6.1f} {row['x math floor']:>12.2f} "
+                     f"{row['x bytes floor']:>13.2f} {speedup:>15}")
+    return "\n".join(lines)
