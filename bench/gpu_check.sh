@@ -24,10 +24,10 @@ cat "$out/info.txt"
 # streams, DLPack with torch, the arena optimizer and checkpoints, the profiler's OOM
 # handling, the measured batch-size plan (CuPy, torch CUDA); then the CuPy path of the optimizers and the language's meaning on the host.
 timeout 150 "$py" -m pytest -q -p no:cacheprovider --junitxml="$out/pytest.xml" \
-  tests/test_gpu.py tests/test_gpu_measured_plan.py tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
+  tests/test_gpu.py tests/test_gpu_measured_plan.py tests/test_gpu_precision.py tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
 tail -n 8 "$out/pytest.txt"
 
-timeout 120 "$py" bench/gpu_bench.py --out "$out" --sizes 20,24,28 --repeats 15 \
+timeout 150 "$py" bench/gpu_bench.py --out "$out" --sizes 20,24,28 --repeats 15 --precision \
   > "$out/gpu_bench.txt" 2> "$out/gpu_bench.err" || status=1
 tail -n 3 "$out/gpu_bench.err"
 cat "$out/gpu_bench.txt"

@@ -71,22 +71,29 @@ def _st(a, i, value, keys, slot):
 
 
 # -------------------------------------------------------------- the hand-written math loops
+# The same math as the rules (fusedopt/kernels/rules), with the same host scalars, written out.
 @njit(parallel=True, nogil=True, error_model="numpy")
-def sgd_loop(param, grad, master, keys, lr):
+def sgd_loop(param, grad, master, keys, s):
+    grad_scale, lr, weight_decay = s[0], s[1], s[2]
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        x = x - lr * ld(grad, i)
+        g = ld(grad, i) * grad_scale + weight_decay * x
+        x = x - lr * g
         if master is not None:
             master[i] = x
         st(param, i, x, keys, 0)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy")
-def momentum_loop(param, grad, velocity, master, keys, lr, beta, one_minus_beta):
+def momentum_loop(param, grad, velocity, master, keys, s):
+    grad_scale, lr, beta, one_minus_dampening, weight_decay, nesterov = (
+        s[0], s[1], s[2], s[3], s[4], s[5])
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        v = beta * ld(velocity, i) + one_minus_beta * ld(grad, i)
-        x = x - lr * v
+        g = ld(grad, i) * grad_scale + weight_decay * x
+        v = beta * ld(velocity, i) + one_minus_dampening * g
+        update = g + beta * v if nesterov else v
+        x = x - lr * update
         if master is not None:
             master[i] = x
         st(param, i, x, keys, 0)
@@ -95,11 +102,11 @@ def momentum_loop(param, grad, velocity, master, keys, lr, beta, one_minus_beta)
 
 @njit(parallel=True, nogil=True, error_model="numpy")
 def adam_loop(param, grad, exp_avg, exp_avg_sq, master, keys, s):
-    beta1, one_minus_beta1, beta2, one_minus_beta2 = s[0], s[1], s[2], s[3]
-    step_size, inv_sqrt_bc2, eps = s[4], s[5], s[6]
+    grad_scale, beta1, one_minus_beta1, beta2, one_minus_beta2 = s[0], s[1], s[2], s[3], s[4]
+    step_size, inv_sqrt_bc2, eps, weight_decay, param_scale = s[5], s[6], s[7], s[8], s[9]
     for i in prange(param.size):
-        x = master[i] if master is not None else ld(param, i)
-        g = ld(grad, i)
+        x = (master[i] if master is not None else ld(param, i)) * param_scale
+        g = ld(grad, i) * grad_scale + weight_decay * x
         m = beta1 * ld(exp_avg, i) + one_minus_beta1 * g
         v = beta2 * ld(exp_avg_sq, i) + one_minus_beta2 * g * g
         x = x - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
@@ -187,14 +194,18 @@ def _bytes(arrays, master, rule_name) -> int:
     return total
 
 
-def _median_time(call, repeats: int) -> float:
-    call()  # compile, warm the caches
-    times = []
+def _interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds of each call, timed in interleaved rounds (one of each per round), so a
+    machine whose speed drifts during the run slows them all alike."""
+    for call in calls.values():
+        call()  # compile, warm the caches
+    times: dict = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _bits(a):
@@ -232,30 +243,20 @@ def measure(rule_name: str, recipe: str, n: int, repeats: int = 10,
     views = [_kernel_view(a) for a in arrays]
     scalars = rule.host_scalars(**{**rule.defaults, **hyper, **({"step": 3}
                                                                 if rule.needs_step else {})})
-    if rule_name == "sgd":
-        def math_floor():
-            sgd_loop(views[0], views[1], master, keys, np.float32(hyper["lr"]))
-    elif rule_name == "momentum":
-        def math_floor():
-            momentum_loop(*views, master, keys, np.float32(hyper["lr"]),
-                          np.float32(0.9), np.float32(0.1))
-    else:
-        # adam's scalars: grad_scale, beta1, 1-beta1, beta2, 1-beta2, step_size, 1/sqrt(bc2), eps
-        packed = np.array(scalars[1:8], np.float32)
+    packed = np.array(scalars, np.float32)  # the rule's own host scalars, in order
 
-        def math_floor():
-            adam_loop(*views, master, keys, packed)
+    def math_floor():
+        MATH_LOOPS[rule_name](*views, master, keys, packed)
+
     bits = [_bits(a) for a in arrays]
     master_bits = None if master is None else master.view(np.uint32)
 
     def bytes_floor():
         BYTES_LOOPS[rule_name](*bits, master_bits)
 
-    seconds = {}
-    for name, call in (("fusedopt", library), ("math floor", math_floor),
-                       ("bytes floor", bytes_floor)):
-        seconds[name] = _median_time(call, repeats)
-    return PrecisionResult(rule_name, recipe, n, _bytes(arrays, master, rule_name), seconds)
+    calls = {"fusedopt": library, "math floor": math_floor, "bytes floor": bytes_floor}
+    return PrecisionResult(rule_name, recipe, n, _bytes(arrays, master, rule_name),
+                           _interleaved_medians(calls, repeats))
 
 
 def run(rules=RULE_NAMES, recipes=tuple(RECIPES), n: int = 2**24, repeats: int = 10,

@@ -49,3 +49,42 @@ def test_loop_is_vectorised(uncached, rule_name, dtype, kind):
     if "sign" in names:
         assert any(re.match(r"v?(blendv|cmp|and)", op) for op in packed), \
             f"{rule_name}_{kind}: sign not vectorised ({sorted(packed)})"
+
+
+LOW_PRECISION_SIGNATURES = {  # (parameter and gradient, state, master, stochastic)
+    "bf16": ("bfloat16", "bfloat16", False, False),
+    "bf16-sr": ("bfloat16", "bfloat16", False, True),
+    "fp16-master": ("float16", "float32", True, False),
+}
+
+
+@pytest.mark.parametrize("recipe", list(LOW_PRECISION_SIGNATURES))
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_16_bit_loops_are_vectorised_in_32_bit_lanes(rule_name, recipe):
+    """The 16-bit conversions are integer bit manipulation: written in Python, Numba would
+    widen them to 64-bit lanes (vpmovzxdq, vpsrlq), halving the vector width; the LLVM
+    intrinsics keep them in packed 32-bit lanes next to packed float math."""
+    from fusedopt.kernels.dtypes import signature
+
+    rule = RULES[rule_name]
+    param, state, master, stochastic = LOW_PRECISION_SIGNATURES[recipe]
+    storage = [param if name not in rule.writes or k == 0 else state
+               for k, name in enumerate(rule.arrays)]
+    sig = signature(rule.arrays, storage, writes=rule.writes, master=master,
+                    stochastic=stochastic)
+    module = numba_cpu.in_memory_module(
+        f"fusedopt_lowp_asm_{rule_name}_{recipe.replace('-', '_')}",
+        numba_codegen.HEADER + numba_codegen.element_source(rule)
+        + numba_codegen.driver_source(rule, sig))
+    driver = getattr(module, numba_codegen.driver_name(rule, sig, "serial"))
+    arrays = [np.zeros(64, np.uint16 if s in ("bfloat16", "float16") else np.float32)
+              for s in storage] + ([np.zeros(64, np.float32)] if master else [])
+    extra = [np.zeros(len(rule.arrays) + 1, np.int64)] if sig.stochastic else []
+    assert driver(*arrays, np.full(len(rule.scalars), 0.5, np.float32), *extra) == 0
+    asm = "\n".join(driver.inspect_asm(s) for s in driver.signatures)
+    packed = set(PACKED.findall(asm))
+    assert any(re.match(r"v?(mul|add|sub|fmadd)", op) for op in packed), sorted(packed)
+    assert "vpmovzxwd" in asm or "vpunpcklwd" in asm, "16-bit loads are not widened in vectors"
+    assert "vpmovzxdq" not in asm and "vpsrlq" not in asm, "the bit manipulation went 64-bit"
+    if sig.stochastic:
+        assert "vpmulld" in asm, "the hash's multiplies are not vectorised"

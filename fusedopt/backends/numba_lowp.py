@@ -60,14 +60,14 @@ def ir_store_bf16(b, x):
     lsb = b.and_(b.lshr(u, _c(16)), _c(1))
     rounded = b.lshr(b.add(b.add(u, _c(0x7FFF)), lsb), _c(16))
     quiet = b.or_(b.lshr(u, _c(16)), _c(0x40))
-    nan = b.icmp_signed(">", b.and_(u, _c(ABS)), _c(INF))  # below 2**31: signed is one op
+    nan = b.fcmp_unordered("uno", x, x)  # one compare (an integer test takes two)
     return b.trunc(b.select(nan, quiet, rounded), I16)
 
 
 def ir_store_bf16_sr(b, x, r):
     u = b.bitcast(x, I32)
     t = b.lshr(b.add(u, r), _c(16))
-    nan = b.icmp_signed(">", b.and_(u, _c(ABS)), _c(INF))
+    nan = b.fcmp_unordered("uno", x, x)
     all_ones = b.icmp_unsigned("==", b.and_(t, _c(0x7F80)), _c(0x7F80))  # inf or overflow
     return b.select(b.or_(nan, all_ones), ir_store_bf16(b, x), b.trunc(t, I16))
 
