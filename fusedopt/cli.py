@@ -169,7 +169,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     profile = profile_batch_sizes(X, Y, sizes=args.sizes, layer_sizes=layers,
                                   optimizer=args.optimizer, lr=args.lr, seconds=args.seconds,
                                   backend=args.backend, memory_limit=args.memory,
-                                  out_dir=args.out, progress=not args.json)
+                                  out_dir=args.out, progress=not args.json,
+                                  precision=args.precision)
     if args.json:
         json.dump(profile.to_json(), sys.stdout, indent=2, default=float)
         print()
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes (default: 32,64,...,1024 and the full batch)")
     r.add_argument("--layers", type=_layers, default=None, help="MLP sizes (default 64,64,10)")
     r.add_argument("--optimizer", choices=optimizers, default="adam")
+    r.add_argument("--precision", choices=["fp32", "bf16", "bf16-sr", "fp16-master"],
+                   default="fp32", help="what the training keeps between steps (see fusedopt "
+                   "demo --help; default: %(default)s)")
     r.add_argument("--lr", type=_positive_float, default=1e-2)
     r.add_argument("--seconds", type=_positive_float, default=2.0,
                    help="the most training time per batch size (default: %(default)s)")

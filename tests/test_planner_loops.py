@@ -57,16 +57,22 @@ def within_promise(predicted: int, measured: int) -> bool:
     return 0.95 * measured <= predicted <= 1.10 * measured
 
 
-def measured_loop(layers, b: int, optimizer: str, dtype, X, Y, epochs: int = 2) -> int:
-    """The measured peak of building the model and training it with the library's loop."""
+def measured_loop(layers, b: int, optimizer: str, dtype, X, Y, epochs: int = 2,
+                  precision: str = "fp32") -> int:
+    """The measured peak of building the model and training it with the library's loop (a
+    16-bit ``precision`` through the demo's and profiler's trainer)."""
+    from fusedopt.train.precision import Trainer
+
     gc.collect()
     tracemalloc.start()
     try:
         net = fo.MLP(layers, dtype=dtype)
-        opt = fo.make_optimizer(optimizer, net.arena)
+        trainer = Trainer(net, precision, lambda params, **options: fo.make_optimizer(
+            optimizer, params, **options))
+        opt = trainer.opt
         for _ in range(epochs):
             for X_t, Y_t in fo.minibatches(X, Y, b, seed=0):
-                net.train_step(X_t, Y_t, opt)
+                trainer.train_step(X_t, Y_t)
             opt.next_epoch()
         return tracemalloc.get_traced_memory()[1]
     finally:
@@ -109,6 +115,19 @@ def test_the_issue_models_are_predicted_within_the_promise(layers, optimizer, b)
     measured = measured_loop(layers, b, optimizer, np.float32, X, Y)
     plan = fo.plan_batch_size(X, Y, layer_sizes=layers, optimizer=optimizer)
     assert 0.95 * measured <= plan.peak_bytes_at(b) <= 1.10 * measured
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-sr", "fp16-master"])
+@pytest.mark.parametrize("b", [32, 1024])
+def test_16_bit_recipes_are_predicted_within_the_promise(precision, b):
+    """Each slot in its dtype, the master copy, and the MLP's float32 working copy."""
+    layers = [784, 512, 256, 10]
+    X, Y = data(layers[0], layers[-1], 4096, np.float32)
+    measured_loop(layers, 8, "adam", np.float32, X[:, :64], Y[:, :64], epochs=1,
+                  precision=precision)  # compile outside the measurement
+    measured = measured_loop(layers, b, "adam", np.float32, X, Y, precision=precision)
+    plan = fo.plan_batch_size(X, Y, layer_sizes=layers, optimizer="adam", precision=precision)
+    assert within_promise(plan.peak_bytes_at(b), measured), (plan.peak_bytes_at(b), measured)
 
 
 def test_a_plan_from_shapes_counts_the_training_set():

@@ -122,6 +122,10 @@ def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
     """
     out = {}
     out.update(parameter_bytes(shapes, dtype, optimizer, gpu, precision))
+    if precision != "fp32":  # the MLP computes on a float32 copy of its 16-bit arena
+        working = parameter_bytes(shapes, dtype, optimizer, gpu)
+        out["the MLP's float32 working copy (parameters, gradients)"] = (
+            working["parameters"] + working["gradients"])
     if not gpu:  # the host side of any loop; on a GPU it is not in the device's memory
         out["Python and NumPy bookkeeping"] = (
             config.PLANNER_LOOP_OVERHEAD_BYTES

@@ -31,6 +31,7 @@ import numpy as np
 from fusedopt import _checks, config
 from fusedopt.optim import make_optimizer, to_host
 from fusedopt.train import planner
+from fusedopt.train import precision as precisions
 from fusedopt.train.batches import minibatches
 from fusedopt.train.mlp import MLP
 from fusedopt.train.profile_report import (
@@ -49,16 +50,19 @@ class MLPTrainer:
 
     def __init__(self, layer_sizes: Sequence[int], *, optimizer: str = "adam",
                  lr: float | None = None, xp: str = "numpy", seed: int = 0, dtype=np.float32,
-                 eval_chunk: int = 4096):
+                 eval_chunk: int = 4096, precision: str = "fp32"):
         self.net = MLP(layer_sizes, xp=xp, seed=seed, dtype=dtype)
-        self.opt = make_optimizer(optimizer, self.net.arena, lr=lr)
+        self._trainer = precisions.Trainer(  # 16-bit recipes keep a 16-bit arena between steps
+            self.net, precision, lambda params, **options: make_optimizer(
+                optimizer, params, lr=lr, **options), seed=seed)
+        self.opt = self._trainer.opt
         #: columns per forward pass of :meth:`cost`; the profiler sets it to the batch size
         #: it probes, so that evaluating never needs more memory than training.
         self.eval_chunk = eval_chunk
 
     def step(self, X_t, Y_t) -> float:
         """One training step; returns the mini-batch cost."""
-        return self.net.train_step(X_t, Y_t, self.opt)
+        return self._trainer.train_step(X_t, Y_t)
 
     def cost(self, X, Y, chunk: int | None = None) -> float:
         """Mean cross-entropy over ``X, Y`` (in chunks of ``eval_chunk`` columns, no update)."""
@@ -127,7 +131,7 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
                         memory_limit: int | None = None, seed: int = 0,
                         progress: bool = True, noise_scale: bool = True,
                         target_fraction: float = 0.05, out_dir: str | None = None,
-                        repeats: int | None = None) -> Profile:
+                        repeats: int | None = None, precision: str = "fp32") -> Profile:
     """Train at each batch size and recommend the one that lowers the cost fastest.
 
     "Fastest" is the shortest training time for the cost on the training set to
@@ -153,8 +157,11 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
         repeats: probes per size, interleaved (default ``config.PROFILER_REPEATS``); the
             table gives each size's median and spread, and sizes within noise of the
             fastest are a tie that the largest of them wins.
+        precision: the default model's recipe (:mod:`fusedopt.train.precision`): fp32, bf16,
+            bf16-sr or fp16-master; the plan counts its slots in their dtypes.
     """
     f = "profile_batch_sizes"
+    precisions.check(precision, "cupy" if backend == "cupy" else "numpy")
     if out_dir is not None:
         out_dir = _checks.output_dir(f, "out_dir", out_dir)
     _checks.real(f, "seconds", seconds, 0.0, lo_open=True)
@@ -177,10 +184,12 @@ def profile_batch_sizes(X, Y, *, sizes: Sequence[int] | None = None,
         layer_sizes = list(layer_sizes) if layer_sizes else [n_x, 64, n_y]
 
         def trainer_factory():
-            return MLPTrainer(layer_sizes, optimizer=optimizer, lr=lr, xp=xp, seed=seed)
+            return MLPTrainer(layer_sizes, optimizer=optimizer, lr=lr, xp=xp, seed=seed,
+                              precision=precision)
 
         plan = planner.plan_batch_size(X, Y, layer_sizes=layer_sizes, optimizer=optimizer,
                                        memory_limit=memory_limit, backend=backend,
+                                       precision=precision,
                                        extra_bytes=0 if xp == "cupy"
                                        else config.PROFILER_RECORD_BYTES)
         one = plan.peak_bytes_at(1)
