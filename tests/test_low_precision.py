@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from lowp_oracle import NUMPY_DTYPE, check_call, ml_dtypes, to_storage
 from strategies import inputs
@@ -222,3 +222,39 @@ def test_ml_dtypes_and_torch_bfloat16_are_the_same_call():
         bits = t.view(torch.int16).numpy().view(np.uint16)
         np.testing.assert_array_equal(a.view(np.uint16), bits)
     assert NUMPY_DTYPE[BF16] == numpy_arrays[0].dtype
+
+
+def _every_combination():
+    """Every storage combination the dtype rules allow for Adam (and each with a master copy
+    and stochastic rounding where they apply)."""
+    out = []
+    for param in (F32, BF16, F16):
+        for grad in sorted({param, F32}):
+            for state in sorted({F32, BF16} | ({F16} if param == F16 else set())):
+                for master in ([False, True] if param != F32 else [False]):
+                    for stochastic in (False, True):
+                        out.append((param, grad, state, master, stochastic))
+    return out
+
+
+@pytest.mark.parametrize("param, grad, state, master, stochastic", _every_combination())
+def test_every_allowed_combination_matches_the_oracle(param, grad, state, master, stochastic):
+    name = f"{param}/{grad}/{state}/{master}/{stochastic}"
+    COMBOS[name] = (param, grad, state, master, stochastic)
+    try:
+        @settings(max_examples=8)
+        @given(inputs("adam"))
+        def check(drawn):
+            arrays64, hyper = drawn
+            stored, before64, master_copy, kwargs, storage = make_call("adam", name, arrays64,
+                                                                       hyper)
+            # float16 holds at most 65504: drawn state beyond it is not a state to update
+            assume(all(np.isfinite(v).all() for v in before64.values()))
+            master_before = None if master_copy is None else master_copy.copy()
+            fo.adam_(*(stored[a] for a in RULES["adam"].arrays), **kwargs)
+            check_call("adam", before64, stored, hyper, storage, stochastic, master_before,
+                       master_copy)
+
+        check()
+    finally:
+        del COMBOS[name]
