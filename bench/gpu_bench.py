@@ -131,68 +131,6 @@ def bench_rule(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
     return rows
 
 
-PRECISION_RECIPES = ("fp32", "bf16-params", "fp32-master", "bf16", "bf16-sr")
-
-
-def _stepper(function, tensors, kwargs):
-    """A zero-argument call of ``function`` on ``tensors`` with a new step each time."""
-    step = [0]
-
-    def run():
-        step[0] += 1
-        function(*tensors, step=step[0], **kwargs)
-
-    return run
-
-
-def bench_precision(cupy, torch, fo, rule: str, n: int, repeats: int) -> list[dict]:
-    """Each precision recipe of ``rule`` on torch CUDA tensors (bfloat16 needs torch: CuPy has
-    no bfloat16 dtype), as a fraction of a copy moving the recipe's bytes, next to torch's
-    fused Adam on bfloat16 parameters."""
-    from fusedopt.kernels import RULES
-    from fusedopt.kernels.dtypes import ITEMSIZE, RECIPES
-
-    spec = RULES[rule]
-    rows = []
-    for recipe in PRECISION_RECIPES:
-        param, state, master, stochastic = RECIPES[recipe]
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        tensors = []
-        for k, name in enumerate(spec.arrays):
-            storage = param if k == 0 or name not in spec.writes else state
-            t = torch.randn(n, device="cuda").to(dtypes[storage])
-            tensors.append(t.abs_() if name in spec.nonnegative else t)
-        kwargs = {"lr": 1e-3}
-        if master:
-            kwargs["master"] = tensors[0].float()
-        if stochastic:
-            kwargs.update(stochastic_rounding=True, seed=1)
-        nbytes = sum(t.element_size() * n * (2 if name in spec.writes else 1)
-                     for t, name in zip(tensors, spec.arrays, strict=True))
-        if master:
-            nbytes += 2 * 4 * n - ITEMSIZE[param] * n  # master read and written; param unread
-        times = time_torch(torch, _stepper(fo.functional.FUNCTIONS[rule + "_"], tensors, kwargs),
-                           repeats)
-        copy = statistics.median(copy_times(cupy, nbytes, repeats))
-        median = statistics.median(times)
-        rows.append(dict(rule=rule, n=n, recipe=recipe, median_s=median, bytes_moved=nbytes,
-                         fraction_of_copy_bw=copy / median))
-        del tensors
-        torch.cuda.empty_cache()
-    if rule == "adam":
-        p = torch.nn.Parameter(torch.randn(n, device="cuda").to(torch.bfloat16))
-        p.grad = torch.randn(n, device="cuda").to(torch.bfloat16)
-        opt = torch.optim.Adam([p], lr=1e-3, fused=True)
-        rows.append(dict(rule=rule, n=n, recipe="torch fused, bf16 params and state",
-                         median_s=statistics.median(time_torch(torch, opt.step, repeats)),
-                         bytes_moved=14 * n, fraction_of_copy_bw=None))
-        del p, opt
-    fp32 = next(r["median_s"] for r in rows if r["recipe"] == "fp32")
-    for r in rows:
-        r["speedup_vs_fp32"] = fp32 / r["median_s"]
-    return rows
-
-
 def bench_model(cupy, torch, fo, repeats: int) -> list[dict]:
     """Adam over the 157-tensor set on the GPU: one launch (arena) vs torch's fused multi-tensor."""
     from fusedopt import bench
@@ -263,10 +201,12 @@ def main(argv=None) -> int:
             rows.extend(bench_rule(cupy, torch, fo, rule, 1 << exponent, args.repeats))
             print(f"{rule} 2^{exponent} done", file=sys.stderr, flush=True)
     model = bench_model(cupy, torch, fo, args.repeats)
+    from fusedopt import bench_precision
+
     precision = []
     if args.precision and torch is not None:
         for rule in ("sgd", "momentum", "adam"):
-            precision.extend(bench_precision(cupy, torch, fo, rule, 1 << 28, args.repeats))
+            precision.extend(bench_precision.run_gpu(rule, 1 << 28, args.repeats))
             print(f"{rule} precision recipes done", file=sys.stderr, flush=True)
     result = dict(device=name, cupy=cupy.__version__, fusedopt=fo.__version__,
                   torch=None if torch is None else torch.__version__, results=rows,

@@ -93,6 +93,15 @@ def _bench_precision(args: argparse.Namespace) -> int:
     if not rules:
         raise ValueError(f"--rules: --precision measures {','.join(bench_precision.RULE_NAMES)}")
     sizes = [2**24] if args.sizes == list(config.BENCH_SIZES) else args.sizes
+    if args.backend == "cupy":  # on the GPU, through torch CUDA tensors
+        rows = [row for rule in rules for n in ([2**28] if sizes == [2**24] else sizes)
+                for row in bench_precision.run_gpu(rule, n, max(args.repeats, 5))]
+        if args.json:
+            json.dump({"fusedopt": __version__, "precision_gpu": rows}, sys.stdout, indent=2)
+            print()
+        else:
+            print(bench_precision.format_gpu_table(rows))
+        return 0
     progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
     results = []
     for n in sizes:
@@ -278,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16-sr; comma-separated, or all) of sgd, momentum and adam at 16M "
                         "elements (or --sizes), against a loop moving the same bytes and a "
                         "plain Numba loop doing the same math; needs ml_dtypes for bfloat16")
+    b.add_argument("--backend", choices=["numba", "cupy"], default="numba",
+                   help="with --precision: cupy times the recipes on the GPU (2^28 elements, "
+                        "torch CUDA tensors) as fractions of a device copy")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
 

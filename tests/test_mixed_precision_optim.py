@@ -229,3 +229,13 @@ def test_the_precision_benchmark_reports_every_recipe(capsys):
         assert f" {recipe} " in out
     assert "x math floor" in out and "speedup vs fp32" in out
     assert cli.main(["bench", "--precision", "fp8"]) == 2
+
+
+def test_the_gpu_precision_benchmark_says_what_it_needs(capsys):
+    torch = pytest.importorskip("torch", reason="torch is an optional extra")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bench/gpu_check.sh runs the GPU precision benchmark")
+    from fusedopt import cli
+
+    assert cli.main(["bench", "--precision", "--backend", "cupy", "--rules", "adam"]) == 2
+    assert "torch with CUDA" in capsys.readouterr().err
