@@ -159,6 +159,8 @@ class ParamArena:
         kind = kinds.pop() if kinds else (xp or "numpy")
         if kind not in ("numpy", "cupy"):
             raise ValueError(f"ParamArena: xp={xp!r}; choose 'numpy' or 'cupy'")
+        if kind == "cupy" and any(storage_name(d) == "bfloat16" for d in dtypes):
+            _arena_dtype("dtype", "bfloat16", "cupy")  # the named error: CuPy has no bfloat16
         self.kind = kind
         module = _module(kind)
         if kind == "cupy":

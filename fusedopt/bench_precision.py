@@ -332,7 +332,8 @@ def _stepper(function, tensors, kwargs):
     return run
 
 
-def run_gpu(rule_name: str, n: int = 2**28, repeats: int = 15) -> list[dict]:
+def run_gpu(rule_name: str, n: int = 2**28, repeats: int = 15,
+            recipes=tuple(RECIPES)) -> list[dict]:
     """Each recipe of ``rule_name`` on torch CUDA tensors (bfloat16 needs torch: CuPy has no
     bfloat16 dtype), as a fraction of a device copy moving the recipe's bytes, and (Adam)
     torch's fused Adam on bfloat16 parameters and state; speedups against the fp32 recipe."""
@@ -344,7 +345,8 @@ def run_gpu(rule_name: str, n: int = 2**28, repeats: int = 15) -> list[dict]:
     spec = RULES[rule_name]
     dtypes_ = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     rows = []
-    for recipe, (param, _, state, master, stochastic) in RECIPES.items():
+    for recipe in ("fp32", *(r for r in recipes if r != "fp32")):  # fp32: the baseline
+        param, _, state, master, stochastic = RECIPES[recipe]
         tensors = []
         for k, name in enumerate(spec.arrays):
             storage = param if k == 0 or name not in spec.writes else state

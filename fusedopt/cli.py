@@ -95,7 +95,7 @@ def _bench_precision(args: argparse.Namespace) -> int:
     sizes = [2**24] if args.sizes == list(config.BENCH_SIZES) else args.sizes
     if args.backend == "cupy":  # on the GPU, through torch CUDA tensors
         rows = [row for rule in rules for n in ([2**28] if sizes == [2**24] else sizes)
-                for row in bench_precision.run_gpu(rule, n, max(args.repeats, 5))]
+                for row in bench_precision.run_gpu(rule, n, max(args.repeats, 5), recipes)]
         if args.json:
             json.dump({"fusedopt": __version__, "precision_gpu": rows}, sys.stdout, indent=2)
             print()

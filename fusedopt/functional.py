@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from numbers import Integral
 
 import numpy as np
 
@@ -69,7 +70,10 @@ def docstring(v: Variant, fname: str | None = None) -> str:
               "    stochastic_rounding: round bfloat16/float16 stores stochastically (unbiased) "
               "instead of to nearest even.",
               "    seed: the stochastic rounding's seed, an int in [0, 2**64): the random bits "
-              "are a hash of (seed, step, element index, array), identical on every backend.",
+              "are a hash of (seed, step, element index, array), identical on every backend; "
+              "elements are numbered from rounding_offset (0) in each call: give each tensor "
+              "its own seed, or its place in the model as rounding_offset, as the optimizers do.",
+              "    rounding_offset: the index of the first element for stochastic rounding.",
               f"    backend: {_BACKEND_DOC}.", "",
               "Every array has the same shape, is C-contiguous and lives on one device; the "
               "written ones are updated in place. The parameter is float32, bfloat16 "
@@ -90,13 +94,17 @@ def _factory_source(v: Variant) -> str:
         params.append(f"{h.name}: {_annotation(h)}" + ("" if h.required
                                                        else f" = {h.default!r}"))
     params += ["master=None", "stochastic_rounding: bool = False", "seed: int = 0",
-               "backend: str | None = None"]
+               "rounding_offset: int = 0", "backend: str | None = None"]
     body = "".join(_fast_check(h) for h in v.hyper)
     entries = [f"{h.name!r}: {h.name}" for h in v.hyper]
     entries += [f"{k!r}: {value!r}" for k, value in v.fixed.items()]
     if rule.needs_step:
         body += "    step = _step(_F, step)\n"
         entries.append("'step': step")
+    else:  # only stochastic rounding reads it, but a bad one is refused all the same
+        body += "    if step is not None:\n        step = _step(_F, step)\n"
+    body += ("    if type(seed) is not int or not 0 <= seed < 18446744073709551616:\n"
+             "        seed = _seed(_F, seed)\n")
     arrays = ", ".join(rule.arrays)
     function = (f"def {fname}({', '.join(params)}) -> None:\n"
                 f"{body}"
@@ -110,17 +118,21 @@ def _factory_source(v: Variant) -> str:
                 "stochastic_rounding)\n"
                 f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
                 "backend, master, stochastic_rounding)\n"
-                "        rounding = _rounding(_F, signature, seed, step)\n"
+                "        rounding = _rounding(_F, signature, seed, step, rounding_offset)\n"
                 "    try:\n"
-                "        impl.update(_RULE, arrays, hyper, signature, rounding)\n"
+                "        if rounding is None:\n"
+                "            impl.update(_RULE, arrays, hyper, signature)\n"
+                "        else:\n"
+                "            impl.update(_RULE, arrays, hyper, signature, rounding[:2], "
+                "rounding[2])\n"
                 "    except _ScalarRangeError as exc:\n"
                 "        raise ValueError(f'{_F}: {exc}') from None\n")
     return (f"def _make_{fname}(_F, _NAMES, _WRITES, _RULE):\n"
             + textwrap.indent(function, "    ") + f"    return {fname}\n\n\n")
 
 
-def _rounding(fname: str, signature, seed, step) -> tuple[int, int] | None:
-    """``(seed, step)`` for stochastic rounding, checked; None when nothing rounds
+def _rounding(fname: str, signature, seed, step, offset) -> tuple[int, int, int] | None:
+    """``(seed, step, offset)`` for stochastic rounding, checked; None when nothing rounds
     stochastically."""
     if not signature.stochastic:
         return None
@@ -128,12 +140,15 @@ def _rounding(fname: str, signature, seed, step) -> tuple[int, int] | None:
     if step is None:
         raise TypeError(f"{fname}: stochastic_rounding=True needs step= (the update count), "
                         "so that every call draws new random bits")
-    return seed, _checks.step(fname, step)
+    if isinstance(offset, bool) or not isinstance(offset, Integral) or not 0 <= offset < 2**62:
+        raise ValueError(f"{fname}: rounding_offset={offset!r}; it is the index of the first "
+                         "element in its model or arena buffer, an int in [0, 2**62)")
+    return seed, _checks.step(fname, step), int(offset)
 
 
 _HELPERS = {"_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
             "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError,
-            "_rounding": _rounding}
+            "_rounding": _rounding, "_seed": _checks.seed}
 
 
 def make_functions(variants: list[Variant]) -> dict[str, Callable[..., None]]:

@@ -59,7 +59,7 @@ def launcher(rule: Rule, dtype, kernel: str) -> str:
     params += [f"{cuda_codegen.CTYPE[sig.compute]} {s}" for s in rule.scalars]
     names += list(rule.scalars)
     if sig.stochastic:
-        keys = [f"_key_{w}" for w in cuda_codegen._rounded(rule, sig)]
+        keys = [f"_key_{w}" for w in cuda_codegen.rounded_arrays(rule, sig)]
         params += ["long long _offset", *(f"unsigned int {k}" for k in keys)]
         names += ["_offset", *keys]
     params.append("long long _n")

@@ -174,7 +174,7 @@ def test_the_cuda_kernels_store_the_numba_drivers_bits(host_lowp, rule_name, com
         kernel = cuda_codegen.kernel_names(rule, sig)[variant == "vector"]
         function = getattr(library, f"launch_{kernel}")
         scalar_type = ctypes.c_double if sig.compute == np.float64 else ctypes.c_float
-        keys = [words[1 + rule.arrays.index(w)] for w in cuda_codegen._rounded(rule, sig)]
+        keys = [words[1 + rule.arrays.index(w)] for w in cuda_codegen.rounded_arrays(rule, sig)]
         rounding = [ctypes.c_longlong(words[0]), *(ctypes.c_uint(k) for k in keys)] \
             if sig.stochastic else []
         function.argtypes = None

@@ -61,10 +61,12 @@ def test_an_optimizer_step_is_the_functional_call(cls_name, recipe):
     for t in range(1, 4):
         grads = grads_for(dtype, t)
         opt.step(grads)
+        offset = 0  # the optimizer numbers the elements across its tensors
         for p, g, s, m in zip(mine, grads, state, masters, strict=True):
             extra = {"master": m} if m is not None else {}
             function(p, g, *s, step=t, **hyper, stochastic_rounding=stochastic, seed=11,
-                     **extra)
+                     rounding_offset=offset, **extra)
+            offset += p.size
     for p, q in zip(params, mine, strict=True):
         np.testing.assert_array_equal(p.view(np.uint8), q.view(np.uint8))
 
@@ -113,8 +115,9 @@ def test_an_arena_of_16_bit_buffers_launches_once_per_dtype(monkeypatch):
     launches = []
     original = opt._impl.launch
     monkeypatch.setattr(opt._impl, "launch",
-                        lambda rule, arrays, prepared: (launches.append(len(arrays)),
-                                                        original(rule, arrays, prepared)))
+                        lambda rule, arrays, prepared, offset=0: (
+                            launches.append(len(arrays)),
+                            original(rule, arrays, prepared, offset)))
     opt.step()
     assert sorted(launches) == [4, 5, 5]  # float32: no master; each 16-bit buffer: + master
 
@@ -239,3 +242,28 @@ def test_the_gpu_precision_benchmark_says_what_it_needs(capsys):
 
     assert cli.main(["bench", "--precision", "--backend", "cupy", "--rules", "adam"]) == 2
     assert "torch with CUDA" in capsys.readouterr().err
+
+
+def test_tensors_of_one_size_draw_different_rounding_bits():
+    """Every update lands halfway between two bfloat16 values: stochastic rounding rounds up
+    about half the elements, and two tensors of one size must not share the pattern."""
+    params = [np.ones(4096, BF16), np.ones(4096, BF16)]
+    opt = fo.SGD(params, lr=1.0, stochastic_rounding=True, seed=1)
+    half_ulp = 2.0**-9  # below 1.0 the bfloat16 spacing is 2**-8
+    opt.step([np.full(4096, half_ulp, np.float32)] * 2)
+    down = [p < 1.0 for p in params]
+    assert 0.4 < down[0].mean() < 0.6 and 0.4 < down[1].mean() < 0.6
+    assert 0.4 < (down[0] == down[1]).mean() < 0.6  # independent, not the same bits
+
+
+def test_a_checkpoint_is_judged_by_how_its_state_is_stored():
+    """bf16 parameters keep float32 state by default: a state_dtype='float32' optimizer holds
+    the same, and loads it; a run saved without stochastic rounding is another run."""
+    opt = fo.Adam(make("bfloat16"), lr=0.01)
+    opt.step(grads_for("bfloat16", 1))
+    state = opt.state_dict()
+    fo.Adam(make("bfloat16"), lr=0.01, state_dtype="float32").load_state_dict(state)
+    with pytest.raises(ValueError, match="stochastic_rounding"):
+        fo.Adam(make("bfloat16"), lr=0.01, stochastic_rounding=True).load_state_dict(state)
+    with pytest.raises(TypeError, match="state_dtype"):
+        fo.Adam(make("bfloat16"), state_dtype=5)

@@ -38,7 +38,7 @@ def test_each_variant_has_a_function_with_an_explicit_signature(name):
     assert function is fo.functional.FUNCTIONS[name + "_"]
     params = inspect.signature(function).parameters
     expected = [*v.rule.arrays, "step", *(h.name for h in v.hyper), "master",
-                "stochastic_rounding", "seed", "backend"]
+                "stochastic_rounding", "seed", "rounding_offset", "backend"]
     assert list(params) == expected
     # step is required where the rule needs it; elsewhere only stochastic rounding uses it
     assert (params["step"].default is inspect.Parameter.empty) == v.rule.needs_step
@@ -192,7 +192,8 @@ def test_a_users_rule_gets_every_surface_with_no_edit_of_fusedopt(tmp_path):
     assert lines["oracle"] == "True"
     assert lines["numba"] == expected and lines["numpy"] == expected
     assert lines["signature"] == str(["param", "grad", "step", "lr", "grad_scale", "master",
-                                      "stochastic_rounding", "seed", "backend"])
+                                      "stochastic_rounding", "seed", "rounding_offset",
+                                      "backend"])
     assert lines["optimizer"] == "SignSGD " + str([0.99, 1.01, 1.0, 0.99, 1.01])
     assert lines["checked"].startswith("signsgd_: lr=-1.0 is out of range")
     assert lines["slots"] == "0" and lines["cli"] == "signsgd" and lines["cuda"] == "True"

@@ -9,9 +9,10 @@ optimizer prepares once per step and launches once per tensor (or arena buffer):
     host, plus whatever the backend needs to launch that signature (compiled
     drivers, kernel keys, and for stochastic rounding the keys of
     :func:`rounding_words` from ``rounding = (seed, step)``); nothing is written.
-``launch(rule, arrays, prepared)``
+``launch(rule, arrays, prepared, offset=0)``
     one fused pass over ``arrays`` in place (checked, C-contiguous, one shape,
-    the dtypes of ``signature``).
+    the dtypes of ``signature``); stochastic rounding numbers the elements from
+    ``offset``, so the tensors of one model draw different bits.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ class Backend(Protocol):
         """The step's scalars (and launch data) for ``signature``; writes nothing."""
         ...
 
-    def launch(self, rule: Rule, arrays: tuple, prepared: Any) -> None:
-        """One fused in-place pass of ``rule`` over ``arrays``."""
+    def launch(self, rule: Rule, arrays: tuple, prepared: Any, offset: int = 0) -> None:
+        """One fused in-place pass of ``rule`` over ``arrays`` (``offset``: the first element's
+        index for stochastic rounding)."""
         ...
 
     def update(self, rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
-               rounding: tuple[int, int] | None = None) -> None:
-        """``launch(rule, arrays, prepare(rule, hyper, signature, rounding))``."""
+               rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
+        """``launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)``."""
         ...
 
     def norm_sums(self, array, storage: str | None = None) -> tuple:

@@ -216,7 +216,7 @@ def device_function(rule, dtype) -> str:
             + ",\n    ".join(params) + ") {\n    " + "\n    ".join(body) + "\n}\n")
 
 
-def _rounded(rule: Rule, sig: Signature) -> list[str]:
+def rounded_arrays(rule: Rule, sig: Signature) -> list[str]:
     """The written arrays that are stored in 16 bits (each with a stochastic-rounding key)."""
     storage = dict(zip(rule.arrays, sig.storage, strict=True))
     return [w for w in rule.writes if storage[w] in LOW_PRECISION]
@@ -229,7 +229,7 @@ def _kernel_params(rule: Rule, sig: Signature) -> str:
         arrays.append("float* __restrict__ _master")
     scalars = [f"const {CTYPE[sig.compute]} {name}" for name in rule.scalars]
     rounding = (["const long long _offset", *(f"const unsigned int _key_{w}"
-                                             for w in _rounded(rule, sig))]
+                                             for w in rounded_arrays(rule, sig))]
                 if sig.stochastic else [])
     return ",\n    ".join([*arrays, *scalars, *rounding, "const long long _n"])
 

@@ -30,6 +30,7 @@ from fusedopt.backends.cuda_codegen import (
     device_function,
     function_name,
     kernel_names,
+    rounded_arrays,
     rule_of,
     signature_of,
     vector_alignments,
@@ -122,17 +123,18 @@ def prepare(rule: Rule, hyper: dict, signature: Signature,
     scalars = tuple(to(s) for s in host_scalars(rule, hyper, signature))
     if signature.stochastic:
         words = rounding_words(rule, signature, rounding)
-        storage = dict(zip(rule.arrays, signature.storage, strict=True))
-        keys = [np.uint32(words[1 + k]) for k, a in enumerate(rule.arrays)
-                if a in rule.writes and storage[a] in LOW_PRECISION]
-        scalars += (np.int64(words[0]), *keys)
+        keys = [np.uint32(words[1 + rule.arrays.index(a)]) for a in rounded_arrays(rule, signature)]
+        scalars += (np.int64(words[0]), *keys)  # in the kernel's parameter order
     return scalars, signature
 
 
-def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
+def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
     """Launch ``rule`` over ``arrays`` (CuPy, one device; the master copy last) on the current
-    stream; no sync."""
+    stream; no sync. ``offset``: the first element's index for stochastic rounding."""
     scalars, sig = prepared
+    if sig.stochastic and offset:  # the offset follows the rule's scalars
+        at = len(rule.scalars)
+        scalars = (*scalars[:at], np.int64(offset), *scalars[at + 1:])
     first = arrays[0]
     n = first.size
     if n == 0:
@@ -148,9 +150,9 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
 
 
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
-           rounding: tuple[int, int] | None = None) -> None:
+           rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
     """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""
-    launch(rule, arrays, prepare(rule, hyper, signature, rounding))
+    launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
 
 
 @cache

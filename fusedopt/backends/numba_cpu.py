@@ -172,12 +172,17 @@ def call(driver, *args, parallel: bool = False):
             raise exc from None
 
 
-def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
-    """Run ``rule`` in place over ``arrays`` with what :func:`prepare` returned.
+def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
+    """Run ``rule`` in place over ``arrays`` with what :func:`prepare` returned; ``offset`` is
+    the first element's index for stochastic rounding (a tensor's place in a model).
 
     Raises ``ValueError`` before any write if two arrays overlap.
     """
     scalars, serial, parallel, keys, signature = prepared
+    if keys and offset:
+        words = keys[0].copy()
+        words[0] = offset
+        keys = (words,)
     flat = [a.reshape(-1) for a in arrays]
     if arrays[0].size >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
         code = call(parallel, *flat, scalars, *keys, parallel=True)
@@ -188,9 +193,9 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
 
 
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
-           rounding: tuple[int, int] | None = None) -> None:
+           rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
     """Run ``rule`` in place over ``arrays`` (checked, C-contiguous, one shape)."""
-    launch(rule, arrays, prepare(rule, hyper, signature, rounding))
+    launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
 
 
 def norm_sums(array, storage: str | None = None) -> tuple[float, float, float]:

@@ -41,10 +41,13 @@ def prepare(rule: Rule, hyper: dict, signature: Signature,
     return hyper, signature, words
 
 
-def launch(rule: Rule, arrays: tuple, prepared: tuple) -> None:
+def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
     """Run ``rule`` over ``arrays`` in place with the reference, in the compute dtype; 16-bit
-    arrays (bit patterns) decoded exactly and stored with the signature's rounding."""
+    arrays (bit patterns) decoded exactly and stored with the signature's rounding (``offset``:
+    the first element's index for stochastic rounding)."""
     hyper, signature, words = prepared
+    if words is not None and offset:
+        words = [offset, *words[1:]]
     if signature.homogeneous:
         new_values = REFERENCE[rule.name](*arrays, **hyper)
         by_name = dict(zip(rule.arrays, arrays, strict=True))
@@ -88,9 +91,9 @@ def _store(target, value) -> None:
 
 
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
-           rounding: tuple[int, int] | None = None) -> None:
+           rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
     """Run ``rule`` over ``arrays`` in place with the reference implementation."""
-    launch(rule, arrays, prepare(rule, hyper, signature, rounding))
+    launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
 
 
 def norm_sums(array, storage: str | None = None) -> tuple[float, float, float]:

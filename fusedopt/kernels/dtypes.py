@@ -57,17 +57,24 @@ RECIPES: dict[str, tuple[str, str, bool, bool]] = {
 }
 
 
+_NAMES: dict = {}  # dtype -> storage name: dtype.name is slow, and this is on every step
+
+
 def storage_name(dtype) -> str | None:
     """The storage name of a NumPy/CuPy dtype (``ml_dtypes.bfloat16`` included), or None."""
     if isinstance(dtype, str) and dtype in STORAGE:
         return dtype
+    found = _NAMES.get(dtype, False) if isinstance(dtype, np.dtype) else False
+    if found is not False:
+        return found
     try:
-        dtype = np.dtype(dtype)
+        resolved = np.dtype(dtype)
     except TypeError:
         return None
-    if dtype.name in STORAGE and dtype.itemsize == ITEMSIZE[dtype.name]:
-        return dtype.name  # bfloat16: ml_dtypes' dtype (kind 'V'), named so
-    return None
+    name = resolved.name
+    found = name if name in STORAGE and resolved.itemsize == ITEMSIZE[name] else None
+    _NAMES[resolved] = found  # bfloat16: ml_dtypes' dtype (kind 'V'), named so
+    return found
 
 
 def compute_dtype(param_dtype) -> np.dtype:

@@ -56,7 +56,10 @@ def _state_dtype(name: str, value) -> str | None:
     if value is None:
         return None
     text = getattr(value, "__name__", None) or getattr(value, "name", None) or value
-    if not isinstance(text, str) or text not in STATE_DTYPES:
+    if not isinstance(text, str):
+        raise TypeError(f"{name}: state_dtype must be None, 'float32' or 'bfloat16', not "
+                        f"{type(value).__name__}")
+    if text not in STATE_DTYPES:
         raise ValueError(f"{name}: state_dtype={value!r}; choose None (the parameters' dtype; "
                          "float32 for 16-bit parameters), 'float32' or 'bfloat16'")
     return text
@@ -327,6 +330,7 @@ class Optimizer(Checkpointing):
         impl = self._impl
         launches = []  # everything prepared before the first write
         rounding = (self.seed, t)
+        offset = 0
         for group, pairs, lr, grad_storage in zip(self.groups, units, lrs, self._grad_storage,
                                                   strict=True):
             rule = group.rule
@@ -349,9 +353,12 @@ class Optimizer(Checkpointing):
                     except ScalarRangeError as exc:
                         raise ValueError(f"{type(self).__name__}.step: {exc}") from None
                 arrays = (p, g, *state) + ((master,) if master is not None else ())
-                launches.append((rule, arrays, prepared[key]))
-        for rule, arrays, scalars in launches:
-            impl.launch(rule, arrays, scalars)
+                # stochastic rounding numbers the elements across the model: two tensors of
+                # one size never draw the same bits
+                launches.append((rule, arrays, prepared[key], offset))
+                offset += p.size
+        for rule, arrays, scalars, first in launches:
+            impl.launch(rule, arrays, scalars, first)
         self.step_count = t
         return True
 

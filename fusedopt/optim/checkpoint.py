@@ -89,17 +89,18 @@ class Checkpointing:
                                                 "stochastic_rounding": False, "seed": 0}
         if not isinstance(precision, dict):
             raise ValueError(f"{name}.load_state_dict: precision is not a dict")
-        for key in ("state_dtype", "master_weights"):
-            if precision.get(key, getattr(self, key)) != getattr(self, key):
+        # How the run rounds is part of it: a different rounding is a different run. The seed
+        # is the run's state, and comes from the checkpoint. (The state's dtypes are compared
+        # per group, as stored.)
+        for key, default in (("master_weights", False), ("stochastic_rounding", False)):
+            if precision.get(key, default) != getattr(self, key):
                 raise ValueError(f"{name}.load_state_dict: the state was saved with {key}="
-                                 f"{precision.get(key)!r}, this optimizer has {key}="
+                                 f"{precision.get(key, default)!r}, this optimizer has {key}="
                                  f"{getattr(self, key)!r}; construct it with {key}="
-                                 f"{precision.get(key)!r}")
+                                 f"{precision.get(key, default)!r}")
         try:
-            stochastic = _checks.flag(name, "stochastic_rounding",
-                                      precision.get("stochastic_rounding", False))
             seed = _checks.seed(name, precision.get("seed", 0))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}.load_state_dict: {exc}") from None
         groups = state.get("groups")
         if not isinstance(groups, list) or len(groups) != len(self.groups):
@@ -128,7 +129,7 @@ class Checkpointing:
             for dst, src in zip(group.master_views() or [], masters or [], strict=False):
                 if dst is not None and src is not None:
                     dst[...] = src
-        self.stochastic_rounding, self.seed = stochastic, seed
+        self.seed = seed
         self.step_count = counters["step"]
         self.epoch = counters["epoch"]
         self.skipped_steps = counters["skipped_steps"]
@@ -165,7 +166,14 @@ class Checkpointing:
         saved_state = entry.get("state") or {}
         if saved_state and set(saved_state) != set(rule.state):
             raise ValueError(f"{where}: state {sorted(saved_state)} is not {sorted(rule.state)}")
-        state_dtypes = [_kernel_dtype(s) for s in self._state_storages(group)]
+        held = self._state_storages(group)
+        saved_state_dtypes = entry.get("state_dtypes") or [state_storage(s, None)
+                                                            for s in group.storage]
+        if saved_state and list(saved_state_dtypes) != held:
+            raise ValueError(f"{where}: the state was saved as {list(saved_state_dtypes)}, this "
+                             f"optimizer holds it as {held}; construct it with the "
+                             "state_dtype it was saved with")
+        state_dtypes = [_kernel_dtype(s) for s in held]
         state_arrays = ({k: self._staged_arrays(where, k, saved_state[k], shapes, state_dtypes,
                                                 devices)
                          for k in rule.state} if saved_state else None)
@@ -237,6 +245,7 @@ def save(path: str | os.PathLike, opt) -> None:
         masters = group.get("master")
         meta["groups"].append({"hyper": group["hyper"], "shapes": group["shapes"],
                                "dtypes": group["dtypes"], "state": sorted(group["state"]),
+                               "state_dtypes": group.get("state_dtypes"),
                                "master": None if masters is None else
                                [k for k, m in enumerate(masters) if m is not None]})
         for k, p in enumerate(group["params"]):
@@ -269,6 +278,8 @@ def load(path: str | os.PathLike, opt) -> None:
                 "state": {s: [entries[f"g{gi}.{s}.{k}"] for k in range(n)]
                           for s in group["state"]},
             })
+            if group.get("state_dtypes") is not None:
+                groups[-1]["state_dtypes"] = group["state_dtypes"]
             if group.get("master") is not None:
                 held = set(group["master"])
                 groups[-1]["master"] = [entries[f"g{gi}.master.{k}"] if k in held else None

@@ -58,12 +58,6 @@ def on_device(xp, a):
     return contextlib.nullcontext() if xp is np else xp.cuda.Device(a.device.id)
 
 
-def zeros_like(xp, a):
-    """Zeros shaped and typed like ``a``, on ``a``'s device."""
-    with on_device(xp, a):
-        return xp.zeros_like(a)
-
-
 class ParamGroup:
     """One parameter group: tensors (an arena or a list), hyperparameters, schedule, rule, state.
 
@@ -182,7 +176,7 @@ def checked_grad(owner: str, k: int, g, p, kind: str, p_storage: str = "float32"
     if gk != kind:
         raise TypeError(f"{owner}.step: {name} is a {gk} array but the parameter is a {kind} "
                         "array")
-    storage = storage or storage_name(g.dtype)
+    storage = storage or (p_storage if g.dtype == p.dtype else storage_name(g.dtype))
     if g.shape != p.shape or storage not in (p_storage, "float32"):
         raise ValueError(f"{owner}.step: {name} is {storage or g.dtype} {tuple(g.shape)} but "
                          f"its parameter is {p_storage} {tuple(p.shape)}; a gradient has the "
