@@ -178,8 +178,7 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
                                  f"{first_name} is on GPU {device}; move it with "
                                  f"cupy.cuda.Device({device}).use() and cupy.asarray")
     _no_overlap(fname, names, values)
-    values = tuple(v.view(np.uint16) if s in dtypes.LOW_PRECISION and v.dtype != np.uint16
-                   else v for v, s in zip(values, storage, strict=True))
+    values = tuple(dtypes.as_bits(v, s) for v, s in zip(values, storage, strict=True))
     return backends.get(backend_for(fname, kind, backend)), values, signature
 
 

@@ -77,6 +77,12 @@ def storage_name(dtype) -> str | None:
     return found
 
 
+def as_bits(a, storage: str):
+    """A NumPy or CuPy array as the kernels take it: 16-bit storage as its bit patterns
+    (a ``uint16`` view, no copy)."""
+    return a.view(np.uint16) if storage in LOW_PRECISION and a.dtype != np.uint16 else a
+
+
 def compute_dtype(param_dtype) -> np.dtype:
     """float64 for float64 parameters, float32 for everything else."""
     return FLOAT64 if storage_name(param_dtype) == "float64" else FLOAT32

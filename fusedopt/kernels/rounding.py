@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-BFLOAT16, FLOAT16 = "bfloat16", "float16"
-LOW_PRECISION = (BFLOAT16, FLOAT16)
+from fusedopt.kernels.dtypes import BFLOAT16, FLOAT16, LOW_PRECISION  # noqa: F401 (re-exported)
+
 GOLDEN = 0x9E3779B9
 _M32 = 0xFFFFFFFF
 F16_MAX = 65504.0

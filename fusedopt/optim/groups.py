@@ -15,12 +15,9 @@ import numpy as np
 from fusedopt import _checks
 from fusedopt.arena import ParamArena
 from fusedopt.kernels import Rule
-from fusedopt.kernels.dtypes import LOW_PRECISION, storage_name
+from fusedopt.kernels.dtypes import LOW_PRECISION, as_bits, storage_name
 
-
-def bits(a, storage: str):
-    """The array as the kernels take it: 16-bit storage as its bit patterns (``uint16``)."""
-    return a.view(np.uint16) if storage in LOW_PRECISION and a.dtype != np.uint16 else a
+bits = as_bits  # the kernels' view of an array (16-bit storage as its bit patterns)
 
 
 def state_storage(param_storage: str, state_dtype: str | None) -> str:
