@@ -50,18 +50,9 @@ def time_cupy(cupy, fn, repeats: int, warmup: int = 3) -> list[float]:
 
 
 def time_torch(torch, fn, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return times
+    from fusedopt.bench_precision import cuda_times
+
+    return cuda_times(torch, fn, repeats, warmup)
 
 
 def copy_times(cupy, nbytes: int, repeats: int) -> list[float]:

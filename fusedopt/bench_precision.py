@@ -306,7 +306,8 @@ def format_table(table: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------ on a GPU
-def _cuda_times(torch, fn, repeats: int, warmup: int = 3) -> list[float]:
+def cuda_times(torch, fn, repeats: int, warmup: int = 3) -> list[float]:
+    """Seconds per call of ``fn``, by CUDA events, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -361,11 +362,11 @@ def run_gpu(rule_name: str, n: int = 2**28, repeats: int = 15,
                      for t, name in zip(tensors, spec.arrays, strict=True))
         if master:  # the master read and written, the 16-bit parameter only written
             nbytes += 2 * 4 * n - tensors[0].element_size() * n
-        median = float(np.median(_cuda_times(
+        median = float(np.median(cuda_times(
             torch, _stepper(functional.FUNCTIONS[rule_name + "_"], tensors, kwargs), repeats)))
         source = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
         target = torch.empty_like(source)
-        copy = float(np.median(_cuda_times(torch, lambda s=source, t=target: t.copy_(s),
+        copy = float(np.median(cuda_times(torch, lambda s=source, t=target: t.copy_(s),
                                            repeats)))
         rows.append(dict(rule=rule_name, n=n, recipe=recipe, median_s=median,
                          bytes_moved=nbytes, fraction_of_copy_bw=copy / median))
@@ -376,7 +377,7 @@ def run_gpu(rule_name: str, n: int = 2**28, repeats: int = 15,
         p.grad = torch.randn(n, device="cuda").to(torch.bfloat16)
         opt = torch.optim.Adam([p], lr=1e-3, fused=True)
         rows.append(dict(rule=rule_name, n=n, recipe="torch fused (bf16 params, state)",
-                         median_s=float(np.median(_cuda_times(torch, opt.step, repeats))),
+                         median_s=float(np.median(cuda_times(torch, opt.step, repeats))),
                          bytes_moved=14 * n, fraction_of_copy_bw=None))
         del p, opt
         torch.cuda.empty_cache()

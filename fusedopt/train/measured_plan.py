@@ -15,18 +15,11 @@ batch-size finders double the size until an out-of-memory error; this one
 never asks for more than its line says fits, and reports how far the line was
 from the confirmation.
 
-=====================  ===========================================================
-arrays                 memory accounting
-=====================  ===========================================================
-NumPy                  ``tracemalloc`` (NumPy reports its array memory to it)
-CuPy                   a ``cupy.cuda.MemoryHook``: the pool's allocations and frees
-torch, CUDA            ``torch.cuda.memory_allocated``/``max_memory_allocated``
-torch, CPU             the profiler's memory events (``profile_memory=True``) in
-                       time order. torch's CPU allocator keeps no statistics, so
-                       this is the only count there is, and it is per operator: a
-                       workspace an operator allocates and frees inside itself
-                       (a BLAS or oneDNN scratch buffer) is not seen
-=====================  ===========================================================
+Each kind of array is counted in its library's own accounting
+(:mod:`fusedopt.train.memory_accounting`): ``tracemalloc`` for NumPy, the pool for
+CuPy, ``torch.cuda`` on a GPU, and the profiler's memory events for torch on the
+CPU. torch's CPU allocator keeps no statistics, so that is the only count there
+is, and it is per operator: an operator's own scratch buffer is not seen.
 
 Every count starts when :func:`measure_batch_size` is called: what is held then
 (the model's parameters, usually) is outside it, what the steps allocate and
