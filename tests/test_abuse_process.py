@@ -146,3 +146,25 @@ def test_the_temp_fallback_is_used_only_when_private(tmp_path, monkeypatch):
     assert numba_cache._private_temp_dir() is None
     os.chmod(os.path.dirname(private), 0o700)
     assert numba_cache._private_temp_dir() == private
+
+
+def test_a_compile_error_is_not_blamed_on_the_cache(tmp_path, monkeypatch):
+    """A driver that does not type (a bug, not a damaged file) raises its own error, with no
+    'cache rebuilt' warning and nothing flushed."""
+    import importlib.util
+    import warnings
+
+    from numba.core.errors import TypingError
+
+    from fusedopt.backends import numba_cache, numba_cpu
+
+    numba_cache._warned.clear()  # the warning is once per process: make sure it could come
+    (tmp_path / "broken_driver.py").write_text(
+        "from numba import njit\n\n@njit(cache=True)\ndef broken(x):\n    return x + undefined\n")
+    spec = importlib.util.spec_from_file_location("broken_driver", tmp_path / "broken_driver.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cache warning would fail here
+        with pytest.raises(TypingError):
+            numba_cpu.call(module.broken, 1.0)

@@ -119,6 +119,10 @@ def recover(dispatcher, exc: BaseException) -> bool:
     """After ``dispatcher`` failed to load its cached machine code: drop that cache entry so
     the code is compiled afresh (and saved again), warning once. False if there was no cache
     to blame (the error is someone else's)."""
+    from numba.core.errors import NumbaError
+
+    if isinstance(exc, NumbaError):  # a compile error (typing, lowering): no cache to blame
+        return False
     cache = getattr(dispatcher, "_cache", None)
     if cache is None or type(cache).__name__ == "NullCache":
         return False
