@@ -221,9 +221,9 @@ HYPER = {"sgd": {"lr": 1e-3}, "momentum": {"lr": 1e-3, "beta": 0.9},
          "adam": {"lr": 1e-3}}
 
 
-def measure(rule_name: str, recipe: str, n: int, repeats: int = 10,
-            seed: int = 0) -> PrecisionResult:
-    """One rule and recipe: the library call and both floors, median of ``repeats``."""
+def _calls(rule_name: str, recipe: str, n: int, seed: int = 0) -> tuple[dict, int]:
+    """The three timed calls of one rule and recipe (the library, both floors), and the
+    bytes they move."""
     rng = np.random.default_rng(seed)
     rule = RULES[rule_name]
     arrays, master, stochastic = _storage_arrays(rule_name, recipe, n, rng)
@@ -255,13 +255,30 @@ def measure(rule_name: str, recipe: str, n: int, repeats: int = 10,
         BYTES_LOOPS[rule_name](*bits, master_bits)
 
     calls = {"fusedopt": library, "math floor": math_floor, "bytes floor": bytes_floor}
-    return PrecisionResult(rule_name, recipe, n, _bytes(arrays, master, rule_name),
-                           _interleaved_medians(calls, repeats))
+    return calls, _bytes(arrays, master, rule_name)
+
+
+def measure_rule(rule_name: str, recipes, n: int, repeats: int = 10) -> list[PrecisionResult]:
+    """Every recipe of one rule, timed in the same interleaved rounds (each round runs every
+    recipe's library call and floors once): the ratios between recipes hold even on a
+    machine whose speed drifts during the run."""
+    setups = {recipe: _calls(rule_name, recipe, n) for recipe in recipes}
+    flat = {(recipe, name): call for recipe, (calls, _) in setups.items()
+            for name, call in calls.items()}
+    medians = _interleaved_medians(flat, repeats)
+    return [PrecisionResult(rule_name, recipe, n, nbytes,
+                            {name: medians[recipe, name] for name in calls})
+            for recipe, (calls, nbytes) in setups.items()]
+
+
+def measure(rule_name: str, recipe: str, n: int, repeats: int = 10) -> PrecisionResult:
+    """One rule and recipe: the library call and both floors, median of ``repeats``."""
+    return measure_rule(rule_name, [recipe], n, repeats)[0]
 
 
 def run(rules=RULE_NAMES, recipes=tuple(RECIPES), n: int = 2**24, repeats: int = 10,
         progress=None) -> list[PrecisionResult]:
-    """:func:`measure` for every rule and recipe (bfloat16 ones need ml_dtypes)."""
+    """:func:`measure_rule` for every rule (bfloat16 recipes need ml_dtypes)."""
     try:
         import ml_dtypes  # noqa: F401
     except ImportError:
@@ -269,12 +286,12 @@ def run(rules=RULE_NAMES, recipes=tuple(RECIPES), n: int = 2**24, repeats: int =
         if progress:
             progress("ml_dtypes is not installed: only fp32 is measured "
                      "(pip install 'fusedopt[bf16]')")
+    recipes = ["fp32", *(r for r in recipes if r != "fp32")]  # the baseline of the speedups
     out = []
     for rule_name in rules:
-        for recipe in recipes:
-            if progress:
-                progress(f"{rule_name} {recipe} n={n}")
-            out.append(measure(rule_name, recipe, n, repeats))
+        if progress:
+            progress(f"{rule_name}: {', '.join(recipes)} at n={n}, interleaved")
+        out.extend(measure_rule(rule_name, recipes, n, repeats))
     return out
 
 
