@@ -50,7 +50,7 @@ def time_cupy(cupy, fn, repeats: int, warmup: int = 3) -> list[float]:
 
 
 def time_torch(torch, fn, repeats: int, warmup: int = 3) -> list[float]:
-    from fusedopt.bench_precision import cuda_times
+    from fusedopt.bench_precision_gpu import cuda_times
 
     return cuda_times(torch, fn, repeats, warmup)
 
@@ -192,12 +192,12 @@ def main(argv=None) -> int:
             rows.extend(bench_rule(cupy, torch, fo, rule, 1 << exponent, args.repeats))
             print(f"{rule} 2^{exponent} done", file=sys.stderr, flush=True)
     model = bench_model(cupy, torch, fo, args.repeats)
-    from fusedopt import bench_precision
+    from fusedopt import bench_precision_gpu
 
     precision = []
     if args.precision and torch is not None:
         for rule in ("sgd", "momentum", "adam"):
-            precision.extend(bench_precision.run_gpu(rule, 1 << 28, args.repeats))
+            precision.extend(bench_precision_gpu.run_gpu(rule, 1 << 28, args.repeats))
             print(f"{rule} precision recipes done", file=sys.stderr, flush=True)
     result = dict(device=name, cupy=cupy.__version__, fusedopt=fo.__version__,
                   torch=None if torch is None else torch.__version__, results=rows,

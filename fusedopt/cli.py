@@ -81,7 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_precision(args: argparse.Namespace) -> int:
-    from fusedopt import bench_precision
+    from fusedopt import bench_precision, bench_precision_gpu
 
     recipes = (list(bench_precision.RECIPES) if args.precision == "all"
                else args.precision.split(","))
@@ -95,12 +95,12 @@ def _bench_precision(args: argparse.Namespace) -> int:
     sizes = [2**24] if args.sizes == list(config.BENCH_SIZES) else args.sizes
     if args.backend == "cupy":  # on the GPU, through torch CUDA tensors
         rows = [row for rule in rules for n in ([2**28] if sizes == [2**24] else sizes)
-                for row in bench_precision.run_gpu(rule, n, max(args.repeats, 5), recipes)]
+                for row in bench_precision_gpu.run_gpu(rule, n, max(args.repeats, 5), recipes)]
         if args.json:
             json.dump({"fusedopt": __version__, "precision_gpu": rows}, sys.stdout, indent=2)
             print()
         else:
-            print(bench_precision.format_gpu_table(rows))
+            print(bench_precision_gpu.format_gpu_table(rows))
         return 0
     progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
     results = []
