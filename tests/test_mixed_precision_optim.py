@@ -267,3 +267,47 @@ def test_a_checkpoint_is_judged_by_how_its_state_is_stored():
         fo.Adam(make("bfloat16"), lr=0.01, stochastic_rounding=True).load_state_dict(state)
     with pytest.raises(TypeError, match="state_dtype"):
         fo.Adam(make("bfloat16"), state_dtype=5)
+
+
+@pytest.mark.parametrize("arena", [False, True], ids=["list", "arena"])
+def test_a_stateless_rule_resumes_its_master_copies(tmp_path, arena):
+    """SGD keeps no state, but its master copies are part of the run: they are saved and
+    loaded, and the resumed run is the unbroken one."""
+    def build():
+        values = [np.ones(4, BF16), np.ones(3, BF16)]
+        params = fo.ParamArena(values) if arena else values
+        return params, fo.SGD(params, lr=1e-3, master_weights=True)
+
+    def step(params, opt):
+        if arena:
+            for g in params.grads:
+                g[...] = 1.0
+            opt.step()
+        else:
+            opt.step([np.ones(4, np.float32), np.ones(3, np.float32)])
+
+    def tensors(params):
+        return params.params if arena else params
+
+    unbroken, opt = build()
+    for _ in range(10):
+        step(unbroken, opt)
+    first, opt1 = build()
+    step(first, opt1)
+    fo.save(tmp_path / "sgd.npz", opt1)
+    resumed, opt2 = build()
+    fo.load(tmp_path / "sgd.npz", opt2)
+    for _ in range(9):
+        step(resumed, opt2)
+    for a, b in zip(tensors(unbroken), tensors(resumed), strict=True):
+        np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+def test_a_uint16_array_is_not_a_bfloat16_gradient():
+    torch = pytest.importorskip("torch", reason="torch is an optional extra")
+    param = torch.ones(4, dtype=torch.bfloat16)
+    opt = fo.SGD([param], lr=1.0)
+    for grad in (np.full(4, 0x3F80, np.uint16), torch.ones(4, dtype=torch.uint16)):
+        with pytest.raises((TypeError, ValueError), match=r"grads\[0\]"):
+            opt.step([grad])
+    assert (param == 1).all()

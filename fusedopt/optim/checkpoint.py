@@ -164,22 +164,25 @@ class Checkpointing:
         params = self._staged_arrays(where, "params", entry.get("params"), shapes,
                                      [_kernel_dtype(s) for s in group.storage], devices)
         saved_state = entry.get("state") or {}
+        # allocated: the optimizer had stepped (a stateless rule saves no arrays, but its
+        # state dtypes and master copies all the same)
+        allocated = bool(saved_state) or "state_dtypes" in entry
         if saved_state and set(saved_state) != set(rule.state):
             raise ValueError(f"{where}: state {sorted(saved_state)} is not {sorted(rule.state)}")
         held = self._state_storages(group)
         saved_state_dtypes = entry.get("state_dtypes") or [state_storage(s, None)
                                                             for s in group.storage]
-        if saved_state and list(saved_state_dtypes) != held:
+        if allocated and list(saved_state_dtypes) != held:
             raise ValueError(f"{where}: the state was saved as {list(saved_state_dtypes)}, this "
                              f"optimizer holds it as {held}; construct it with the "
                              "state_dtype it was saved with")
         state_dtypes = [_kernel_dtype(s) for s in held]
-        state_arrays = ({k: self._staged_arrays(where, k, saved_state[k], shapes, state_dtypes,
-                                                devices)
-                         for k in rule.state} if saved_state else None)
+        state_arrays = ({k: self._staged_arrays(where, k, saved_state.get(k), shapes,
+                                                state_dtypes, devices)
+                         for k in rule.state} if allocated else None)
         masters = None
         wanted = [s in LOW_PRECISION for s in group.storage] if self.master_weights else []
-        if saved_state and any(wanted):
+        if allocated and any(wanted):
             saved = entry.get("master")
             if not isinstance(saved, list) or len(saved) != len(shapes) or any(
                     (m is None) == w for m, w in zip(saved, wanted, strict=True)):

@@ -173,7 +173,7 @@ def checked_grad(owner: str, k: int, g, p, kind: str, p_storage: str = "float32"
     if gk != kind:
         raise TypeError(f"{owner}.step: {name} is a {gk} array but the parameter is a {kind} "
                         "array")
-    storage = storage or (p_storage if g.dtype == p.dtype else storage_name(g.dtype))
+    storage = storage or storage_name(g.dtype)  # a uint16 array is not a bfloat16 one
     if g.shape != p.shape or storage not in (p_storage, "float32"):
         raise ValueError(f"{owner}.step: {name} is {storage or g.dtype} {tuple(g.shape)} but "
                          f"its parameter is {p_storage} {tuple(p.shape)}; a gradient has the "
