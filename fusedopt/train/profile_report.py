@@ -203,18 +203,30 @@ def combine(probe: Probe, step_seconds: list[float], model: tuple[float, float])
         if probe.m_over_b else probe.epoch_seconds)
 
 
-def recommend(probes: list[Probe], tie_fraction: float | None = None) -> tuple[int | None, str]:
+def recommend(probes: list[Probe], tie_fraction: float | None = None,
+              drift_fraction: float | None = None,
+              step_saving: float | None = None) -> tuple[int | None, str]:
     """The recommended batch size, and the rule that chose it, in words.
 
-    The fastest to the target cost and every size within ``tie_fraction`` of its time
-    (the resolution of the measurement, ``config.PROFILER_TIE_FRACTION``) tie; the
-    largest of the tied wins: more
-    samples per second, fewer steps, and as fast to the target as can be told. Without
-    any size reaching the target, the fastest cost reduction per second wins.
+    With ``T_b`` a size's time to the target cost and ``T*`` the fastest, sizes tie when
+
+    * ``T_b <= (1 + tie_fraction) T*`` (the resolution of one run,
+      ``config.PROFILER_TIE_FRACTION``), or
+    * ``T_b <= (1 + drift_fraction) T*`` (how far the machine drifts between runs,
+      ``config.PROFILER_DRIFT_FRACTION``) and ``steps_b <= (1 - step_saving) steps_a``,
+      ``a`` the largest smaller tied size: a markedly shorter run, which the seeds fix,
+      for a time within the drift;
+
+    and the largest of the tied wins: more samples per second, fewer steps, and as fast
+    to the target as can be told. Without any size reaching the target, the fastest cost
+    reduction per second wins.
     """
     from fusedopt import config
 
     tie_fraction = config.PROFILER_TIE_FRACTION if tie_fraction is None else tie_fraction
+    drift_fraction = (config.PROFILER_DRIFT_FRACTION if drift_fraction is None
+                      else drift_fraction)
+    step_saving = config.PROFILER_STEP_SAVING if step_saving is None else step_saving
     ok = [p for p in probes if p.status == "ok"]
     if not ok:
         return None, "no batch size could be measured"
@@ -224,14 +236,27 @@ def recommend(probes: list[Probe], tie_fraction: float | None = None) -> tuple[i
         return best.batch_size, (f"no size reached the target cost; {best.batch_size} lowered "
                                  "the cost fastest per second")
     best = min(reached, key=lambda p: p.time_to_target)
-    tied = [p for p in reached
-            if p.time_to_target - best.time_to_target <= tie_fraction * best.time_to_target]
-    choice = max(tied, key=lambda p: p.batch_size)
-    sizes = ", ".join(str(p.batch_size) for p in sorted(tied, key=lambda p: p.batch_size))
+    tied: list[Probe] = []
+    saved: list[Probe] = []  # tied by their shorter runs, within the drift
+    for p in sorted(reached, key=lambda p: p.batch_size):
+        slower = p.time_to_target / best.time_to_target - 1.0
+        if slower <= tie_fraction:
+            tied.append(p)
+        elif (slower <= drift_fraction and tied
+              and p.steps_to_target <= (1.0 - step_saving) * tied[-1].steps_to_target):
+            tied.append(p)
+            saved.append(p)
+    choice = tied[-1]
+    sizes = ", ".join(str(p.batch_size) for p in tied)
     if len(tied) == 1:
         return choice.batch_size, (f"{choice.batch_size} reached the target cost soonest, "
                                    "beyond the noise of the others")
+    why = ""
+    if saved:
+        why = (" (" + ", ".join(str(p.batch_size) for p in saved)
+               + f" within the drift between runs, {drift_fraction:.0%}, with at least "
+               f"{step_saving:.0%} fewer steps)")
     return choice.batch_size, (f"{sizes} reached the target cost within noise of the fastest "
-                               f"({best.batch_size}, {best.time_to_target * 1e3:.2f} ms); the "
-                               f"largest of them, {choice.batch_size}, wins the tie (more "
+                               f"({best.batch_size}, {best.time_to_target * 1e3:.2f} ms){why}; "
+                               f"the largest of them, {choice.batch_size}, wins the tie (more "
                                "throughput, fewer steps)")
