@@ -242,7 +242,8 @@ def recommend(probes: list[Probe], tie_fraction: float | None = None,
         slower = p.time_to_target / best.time_to_target - 1.0
         if slower <= tie_fraction:
             tied.append(p)
-        elif (slower <= drift_fraction and tied
+        elif (slower <= drift_fraction and tied and p.steps_to_target is not None
+              and tied[-1].steps_to_target is not None
               and p.steps_to_target <= (1.0 - step_saving) * tied[-1].steps_to_target):
             tied.append(p)
             saved.append(p)
