@@ -39,6 +39,11 @@ def _env_path(name: str, default: str) -> str:
 #: 5.2 us vs 4.9 us at 2^15, so the parallel driver starts at 2^15.
 #: Override with the environment variable ``FUSEDOPT_PARALLEL_MIN_SIZE``.
 NUMBA_PARALLEL_MIN_SIZE: int = _env_int("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 15, lo=0)
+#: A list of tensors in one call is cut into chunks of at most this many elements, which
+#: the threads share out (a large tensor is split, small ones stay whole); the tables of
+#: the last few address sets are kept, so a training loop's list is checked once.
+MULTI_TENSOR_CHUNK: int = 1 << 16
+MULTI_TENSOR_TABLES: int = 32
 
 #: Where generated Numba driver modules (and Numba's on-disk cache of their
 #: machine code) are kept, so that the JIT compile is paid once per machine.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 
 from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML
+from fusedopt.backends.numba_pointers import POINTERS
 from fusedopt.kernels.dtypes import Signature, homogeneous
 from fusedopt.kernels.registry import RULES, Rule
 
@@ -43,6 +44,9 @@ HEADER = (
     "from fusedopt.backends.numba_lowp import load_bf16 as _load_bf16, load_f16 as _load_f16, "
     "random16 as _random16, store_bf16 as _store_bf16, store_bf16_sr as _store_bf16_sr, "
     "store_f16 as _store_f16, store_f16_sr as _store_f16_sr\n"
+    "from fusedopt.backends.numba_pointers import pointer_f32 as _pointer_f32, "
+    "pointer_f64 as _pointer_f64, pointer_u16 as _pointer_u16\n"
+    "from numba import carray as _carray\n"
     "from fusedopt.kernels.registry import RULES as _RULES\n\n\n"
     "@njit(cache=True, nogil=True, error_model='numpy', fastmath={'reassoc'})\n"
     "def sum_of_squares_serial(x):  # reassoc: lets LLVM vectorise the sum (NaN/inf still\n"
@@ -192,6 +196,7 @@ def driver_source(rule: Rule, signature: Signature) -> str:
             f"        {outputs}= {element}({call_args})\n"
             f"{stores}"
             "    return 0\n\n")
+    out.append(multi_source(rule, signature, elements, outputs, stores, unpack, call_args))
     # The floor reads every array once and writes the written ones once, with no math (16-bit
     # arrays through the same conversions and nearest stores as the drivers).
     read_only = [a for a in rule.arrays if a not in rule.writes] or [param]
@@ -209,6 +214,50 @@ def driver_source(rule: Rule, signature: Signature) -> str:
                f"def {driver_name(rule, signature, 'floor')}({', '.join(arguments)}):\n"
                f"    for _i in prange({param}.size):\n"
                + "".join(f"        {line}\n" for line in body) + "\n")
+    return "".join(out)
+
+
+def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, unpack,
+                 call_args) -> str:
+    """The multi-tensor drivers ``<rule>_<key>_multi_{serial,parallel}(_table, _chunks, ...)``.
+
+    ``_table[t]`` holds tensor ``t``'s address in each array (the master copy last), then
+    its first element's index in the model (stochastic rounding); ``_chunks[c]`` is
+    ``(t, start, stop)``: a piece of one tensor. One call walks every chunk, the threads
+    sharing them out, with the same inlined element rule as the one-tensor drivers, so a
+    list of tensors costs one compiled call instead of one per tensor. The caller checks
+    the table (no two tensors' memory may meet) once per set of addresses.
+    """
+    storage = dict(zip(rule.arrays, signature.storage, strict=True))
+    columns = [(a, storage[a]) for a in rule.arrays]
+    if signature.master:
+        columns.append(("_master", "float32"))
+    views = ""
+    for k, (name, dtype) in enumerate(columns):
+        pointer, size = POINTERS[dtype]
+        views += (f"        {name} = _carray({pointer}(_table[_t, {k}] + _lo * {size}), "
+                  "_n)\n")
+    if signature.stochastic:
+        unpack = unpack.replace("    _offset = _rounding[0]\n", "    _first = _rounding[0]\n")
+        views += f"        _offset = _first + _table[_t, {len(columns)}] + _lo\n"
+    extra = ", _rounding" if signature.stochastic else ""
+    out = []
+    for kind, loop_range, parallel in (("multi_serial", "range", ""),
+                                       ("multi_parallel", "prange", ", parallel=True")):
+        body = "".join("    " + line + "\n" for line in stores.splitlines())
+        out.append(
+            f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
+            f"def {driver_name(rule, signature, kind)}(_table, _chunks, _scalars{extra}):\n"
+            f"{unpack}"
+            f"    for _c in {loop_range}(_chunks.shape[0]):\n"
+            "        _t = _chunks[_c, 0]\n"
+            "        _lo = _chunks[_c, 1]\n"
+            "        _n = _chunks[_c, 2] - _lo\n"
+            f"{views}"
+            "        for _i in range(_n):\n"
+            f"            {outputs}= _element_{rule.name}({call_args})\n"
+            f"{body}"
+            "    return 0\n\n")
     return "".join(out)
 
 

@@ -20,7 +20,7 @@ from types import ModuleType
 import numpy as np
 
 from fusedopt import config
-from fusedopt.backends import numba_cache, numba_threads
+from fusedopt.backends import multi_tensor, numba_cache, numba_threads
 from fusedopt.backends.base import host_scalars, overlap_error, rounding_words
 from fusedopt.backends.numba_codegen import (
     HEADER,
@@ -190,6 +190,56 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
         code = call(serial, *flat, scalars, *keys)
     if code:  # nothing was written
         raise overlap_error(rule.name + "_", *overlap_pairs(rule, signature)[code - 1])
+
+
+_MULTI: dict[tuple[str, Signature], tuple] = {}
+
+
+def _multi_for(rule: Rule, signature: Signature) -> tuple:
+    key = (rule.name, signature)
+    found = _MULTI.get(key)
+    if found is None:
+        module = _module_with(rule, signature)
+        found = (getattr(module, driver_name(rule, signature, "multi_serial")),
+                 getattr(module, driver_name(rule, signature, "multi_parallel")))
+        _MULTI[key] = found
+    return found
+
+
+def columns(rule: Rule, signature: Signature) -> tuple[tuple, tuple, tuple]:
+    """The multi-tensor table's columns: names, written or not, item sizes."""
+    names = (*rule.arrays, *(("master",) if signature.master else ()))
+    written = tuple(a in rule.writes for a in rule.arrays) + ((True,) if signature.master
+                                                                else ())
+    sizes = tuple(2 if s in ("bfloat16", "float16") else np.dtype(s).itemsize
+                  for s in signature.storage) + ((4,) if signature.master else ())
+    return names, written, sizes
+
+
+def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) -> None:
+    """Run ``rule`` in place over every tuple of ``arrays_list`` (one per tensor, each as
+    :func:`launch` takes it) in one compiled call; ``offsets`` are each tensor's first
+    element's index for stochastic rounding.
+
+    Raises ``ValueError`` before any write if a written array shares memory with any
+    other array of the call.
+    """
+    scalars, _, _, keys, signature = prepared
+    if keys:
+        words = keys[0].copy()
+        words[0] = 0
+        keys = (words,)
+    offsets = [0] * len(arrays_list) if offsets is None else offsets
+    names, written, sizes = columns(rule, signature)
+    table, chunks, total = multi_tensor.tables(rule.name + "_", names, written, arrays_list,
+                                               offsets, sizes)
+    if not len(chunks):
+        return
+    serial, parallel = _multi_for(rule, signature)
+    if total >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
+        call(parallel, table, chunks, scalars, *keys, parallel=True)
+    else:
+        call(serial, table, chunks, scalars, *keys)
 
 
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,

@@ -355,10 +355,21 @@ class Optimizer(Checkpointing):
                 arrays = (p, g, *state) + ((master,) if master is not None else ())
                 # stochastic rounding numbers the elements across the model: two tensors of
                 # one size never draw the same bits
-                launches.append((rule, arrays, prepared[key], offset))
+                same = launches[-1] if launches and launches[-1][2] is prepared[key] else None
+                if same is None:
+                    launches.append((rule, [arrays], prepared[key], [offset]))
+                else:
+                    same[1].append(arrays)
+                    same[3].append(offset)
                 offset += p.size
-        for rule, arrays, scalars, first in launches:
-            impl.launch(rule, arrays, scalars, first)
+        many = getattr(impl, "launch_many", None)
+        for rule, arrays_list, scalars, firsts in launches:
+            # a list of tensors is one compiled call where the backend has one
+            if many is not None and len(arrays_list) > 1:
+                many(rule, arrays_list, scalars, firsts)
+            else:
+                for arrays, first in zip(arrays_list, firsts, strict=True):
+                    impl.launch(rule, arrays, scalars, first)
         self.step_count = t
         return True
 

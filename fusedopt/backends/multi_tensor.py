@@ -1,0 +1,109 @@
+"""Lists of tensors in one launch: the table of addresses, its chunks, and its checks.
+
+A multi-tensor driver (Numba on the CPU) takes one row per tensor: its address in
+each array (parameter, gradient, state, master copy), then its first element's index
+in the model (stochastic rounding numbers elements across tensors); and chunks
+``(tensor, start, stop)`` that cut large tensors so that threads share the work. The
+rows, the chunks and the check that no written memory meets any other array are
+built once per set of addresses and kept (``config.MULTI_TENSOR_TABLES`` sets): a
+training loop hands the same tensors every step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from fusedopt import config
+
+_lock = threading.Lock()
+_tables: OrderedDict = OrderedDict()
+
+
+def address(array) -> int:
+    """The address of a NumPy array's (or a CuPy array's) first element."""
+    ctypes = getattr(array, "ctypes", None)
+    return ctypes.data if ctypes is not None else array.data.ptr
+
+
+def tables(fname: str, names: tuple[str, ...], written: tuple[bool, ...], arrays_list,
+           offsets, itemsizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(table, chunks, total elements)`` for ``arrays_list`` (one tuple of arrays per
+    tensor, every array of a tuple of one size), memoised on the addresses.
+
+    Raises ``ValueError`` naming the two arrays if a written array shares memory with any
+    other array of the call (gradients may share memory with each other: they are only
+    read).
+    """
+    rows = [[address(a) for a in arrays] for arrays in arrays_list]
+    sizes = [arrays[0].size for arrays in arrays_list]
+    key = (names, itemsizes, tuple(map(tuple, rows)), tuple(sizes), tuple(offsets))
+    with _lock:
+        found = _tables.get(key)
+        if found is not None:
+            _tables.move_to_end(key)
+            return found
+    table = np.zeros((len(rows), len(names) + 1), dtype=np.int64)
+    if rows:
+        table[:, : len(names)] = rows
+        table[:, len(names)] = offsets
+    _check(fname, names, written, table, np.asarray(sizes, dtype=np.int64), itemsizes)
+    chunks = _chunks(sizes)
+    found = (table, chunks, int(sum(sizes)))
+    with _lock:
+        _tables[key] = found
+        while len(_tables) > config.MULTI_TENSOR_TABLES:
+            _tables.popitem(last=False)
+    return found
+
+
+def _chunks(sizes) -> np.ndarray:
+    step = config.MULTI_TENSOR_CHUNK
+    pieces = [(t, lo, min(lo + step, n)) for t, n in enumerate(sizes) for lo in range(0, n, step)]
+    return np.array(pieces, dtype=np.int64).reshape(-1, 3)
+
+
+def _check(fname, names, written, table, sizes, itemsizes) -> None:
+    n = len(sizes)
+    keep = sizes > 0
+    starts = table[:, : len(names)]
+    ends = starts + sizes[:, None] * np.asarray(itemsizes, dtype=np.int64)[None, :]
+    tensor = np.repeat(np.arange(n), len(names)).reshape(n, len(names))
+    column = np.tile(np.arange(len(names)), (n, 1))
+    mask = np.asarray(written, bool)[None, :] & keep[:, None]
+    w_start, w_end = starts[mask], ends[mask]
+    w_tensor, w_column = tensor[mask], column[mask]
+    order = np.argsort(w_start, kind="stable")
+    w_start, w_end, w_tensor, w_column = (x[order] for x in (w_start, w_end, w_tensor,
+                                                              w_column))
+
+    def name(t, c) -> str:
+        return f"tensor {int(t)}'s {names[int(c)]}"
+
+    clash = np.nonzero(w_end[:-1] > w_start[1:])[0]
+    if clash.size:
+        i = clash[0]
+        raise ValueError(f"{fname}: {name(w_tensor[i], w_column[i])} and "
+                         f"{name(w_tensor[i + 1], w_column[i + 1])} share memory; each tensor "
+                         "needs its own memory (the same tensor passed twice?)")
+    read = ~np.asarray(written, bool)[None, :] & keep[:, None]
+    r_start, r_end, r_tensor, r_column = starts[read], ends[read], tensor[read], column[read]
+    if not w_start.size or not r_start.size:
+        return
+    last = np.searchsorted(w_start, r_end, side="left") - 1
+    hit = (last >= 0) & (w_end[np.maximum(last, 0)] > r_start)
+    if hit.any():
+        i = int(np.nonzero(hit)[0][0])
+        j = last[i]
+        raise ValueError(f"{fname}: {name(r_tensor[i], r_column[i])} and "
+                         f"{name(w_tensor[j], w_column[j])} share memory; each tensor needs its "
+                         "own memory (a gradient aliasing a parameter or state?)")
+
+
+def clear() -> None:
+    """Forget every table (tests; memory freed and reused at the same addresses is safe:
+    a table holds addresses, and the key is the addresses themselves)."""
+    with _lock:
+        _tables.clear()
