@@ -75,6 +75,27 @@ def _lion_magnitude(a, h):
     return np.where(flip, np.inf, h["lr"] * (1 + h.get("weight_decay", 0.0) * np.abs(a["param"])))
 
 
+def _rmsprop_momentum_magnitude(a, h):
+    """The step's terms, and (centered) how far a float32 rounding of ``s - a^2`` moves
+    ``g / (sqrt(s - a^2) + eps)``: the subtraction cancels where the variance is small."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _rmsprop_momentum_terms(a, h)
+
+
+def _rmsprop_momentum_terms(a, h):
+    b, centered = h.get("beta", 0.99), h.get("centered", False)
+    g = a["grad"] * h.get("grad_scale", 1.0) + h.get("weight_decay", 0.0) * a["param"]
+    sq = b * a["sq_avg"] + (1 - b) * g * g
+    avg = b * a["grad_avg"] + (1 - b) * g if centered else a["grad_avg"]
+    variance = np.maximum(sq - avg * avg if centered else sq, 0.0)
+    root = np.sqrt(variance)
+    denom = root + h.get("eps", 1e-8)
+    step = np.abs(h.get("momentum", 0.0) * a["momentum_buffer"]) + np.abs(g) / denom
+    if centered:
+        step = step + np.abs(g) * (sq + avg * avg) / (2 * np.maximum(root, 1e-300) * denom**2)
+    return (1 + h["lr"]) * step
+
+
 @dataclass(frozen=True)
 class RuleInfo:
     """How to test one rule.
@@ -136,6 +157,14 @@ RULE_INFO: dict[str, RuleInfo] = {
                               eps=draw(_epsilons(st)), weight_decay=draw(_decays(st))),
         reachable=lambda a, normal, scale: {**a, "sq_avg": np.abs(a["sq_avg"]) * scale},
         magnitude=_normalised),
+    "rmsprop_momentum": RuleInfo(
+        dict(lr=0.01, beta=0.9, eps=1e-6, weight_decay=0.01, momentum=0.9, centered=True),
+        lambda draw, st: dict(lr=draw(_lrs(st)), beta=draw(_betas(st)),
+                              eps=draw(_epsilons(st)), weight_decay=draw(_decays(st)),
+                              momentum=draw(_betas(st)), centered=draw(st.booleans())),
+        reachable=lambda a, normal, scale: {
+            **a, "sq_avg": np.asarray(a["grad_avg"]) ** 2 + (np.abs(a["sq_avg"]) + 1) * scale},
+        magnitude=_rmsprop_momentum_magnitude),
     "adam": RuleInfo(
         dict(step=3, lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
         _adam_hyper, reachable=_second_moments("exp_avg_sq"), magnitude=_normalised),

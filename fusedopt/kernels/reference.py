@@ -38,6 +38,23 @@ def rmsprop(param, grad, sq_avg, *, lr, beta=0.99, eps=1e-8, weight_decay=0.0, g
     return param - lr * g / (np.sqrt(sq_avg) + eps), sq_avg
 
 
+def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, *, lr, beta=0.99, eps=1e-8,
+                     weight_decay=0.0, momentum=0.0, centered=False, grad_scale=1.0):
+    """torch.optim.RMSprop with ``momentum`` and ``centered``, as written in its docs.
+
+    Returns ``(param, sq_avg, grad_avg, momentum_buffer)``.
+    """
+    g = grad * grad_scale + weight_decay * param
+    sq_avg = beta * sq_avg + (1 - beta) * g * g
+    if centered:
+        grad_avg = beta * grad_avg + (1 - beta) * g
+        variance = sq_avg - grad_avg * grad_avg
+    else:
+        variance = sq_avg
+    momentum_buffer = momentum * momentum_buffer + g / (np.sqrt(variance) + eps)
+    return param - lr * momentum_buffer, sq_avg, grad_avg, momentum_buffer
+
+
 def adam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
          weight_decay=0.0, decoupled_weight_decay=False, bias_correction=True, grad_scale=1.0):
     """Adam / AdamW exactly as Algorithm 1 of Kingma & Ba (eps outside the sqrt).
@@ -125,4 +142,5 @@ def ewa(average, value, *, beta):
 
 
 #: name -> reference function, the same names as :data:`fusedopt.kernels.RULES`.
-REFERENCE = {f.__name__: f for f in (sgd, momentum, rmsprop, adam, amsgrad, nadam, lion, ewa)}
+REFERENCE = {f.__name__: f for f in (sgd, momentum, rmsprop, rmsprop_momentum, adam, amsgrad,
+                                     nadam, lion, ewa)}

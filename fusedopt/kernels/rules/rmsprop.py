@@ -9,6 +9,7 @@ from fusedopt.kernels.registry import (
     PARAM_DOC,
     REQUIRED,
     beta,
+    flag,
     real,
     register,
 )
@@ -45,3 +46,56 @@ def rmsprop(param, grad, sq_avg, grad_scale, lr, beta, one_minus_beta, eps, weig
     g = grad * grad_scale + weight_decay * param
     sq_avg = beta * sq_avg + one_minus_beta * g * g
     return param - lr * g / (sqrt(sq_avg) + eps), sq_avg
+
+
+# ------------------------------------------ RMSprop with momentum, and centered
+def rmsprop_momentum_scalars(*, lr: float, beta: float, eps: float, weight_decay: float,
+                             momentum: float, centered: bool,
+                             grad_scale: float) -> tuple[float, ...]:
+    """Host scalars of :func:`rmsprop_momentum`."""
+    return (grad_scale, lr, beta, 1.0 - beta, eps, weight_decay, momentum,
+            1.0 if centered else 0.0)
+
+
+def _rmsprop_momentum_torch(h: dict):
+    return ("RMSprop", dict(lr=h["lr"], alpha=h["beta"], eps=h["eps"],
+                            weight_decay=h["weight_decay"], momentum=h["momentum"],
+                            centered=h["centered"]))
+
+
+@register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+                  "sq_avg": "running average of the squared gradients s (start at 0)",
+                  "grad_avg": "running average of the gradients a (start at 0; centered only)",
+                  "momentum_buffer": "the step's momentum buffer b (start at 0)"},
+          writes=("param", "sq_avg", "grad_avg", "momentum_buffer"),
+          host_scalars=rmsprop_momentum_scalars,
+          hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"),
+                 beta("beta", 0.99, "decay of the squared-gradient average (torch's alpha)"),
+                 EPS, WEIGHT_DECAY,
+                 real("momentum", 0.0, "momentum of the normalised step", symbol=r"\mu"),
+                 flag("centered", False, "divide by an estimate of the variance, "
+                      "s - a^2, instead of s"),
+                 GRAD_SCALE),
+          typical_lr=3e-3, nonnegative=("sq_avg",),
+          torch_equivalent=_rmsprop_momentum_torch)
+def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, grad_scale, lr, beta,
+                     one_minus_beta, eps, weight_decay, momentum, centered):
+    r"""RMSprop with momentum, optionally centered: torch.optim.RMSprop's other forms.
+
+    .. math::
+        g = c\nabla + \lambda\theta,\quad
+        s \leftarrow \beta s + (1-\beta) g^2,\quad
+        a \leftarrow \beta a + (1-\beta) g \text{ (centered)},\\
+        b \leftarrow \mu b + g / (\sqrt{s - a^2 \text{ (centered) or } s} + \epsilon),\quad
+        \theta \leftarrow \theta - \alpha b
+
+    ``centered`` estimates the gradients' variance (Graves 2013); with ``momentum`` the
+    normalised step is averaged (torch's ``momentum_buffer``). ``grad_avg`` is left as it
+    is when not centered.
+    """
+    g = grad * grad_scale + weight_decay * param
+    sq_avg = beta * sq_avg + one_minus_beta * g * g
+    grad_avg = beta * grad_avg + one_minus_beta * g if centered else grad_avg
+    variance = sq_avg - grad_avg * grad_avg if centered else sq_avg
+    momentum_buffer = momentum * momentum_buffer + g / (sqrt(variance) + eps)
+    return param - lr * momentum_buffer, sq_avg, grad_avg, momentum_buffer
