@@ -31,15 +31,23 @@ def address(array) -> int:
 def tables(fname: str, names: tuple[str, ...], written: tuple[bool, ...], arrays_list,
            offsets, itemsizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
     """``(table, chunks, total elements)`` for ``arrays_list`` (one tuple of arrays per
-    tensor, every array of a tuple of one size), memoised on the addresses.
+    tensor, every array of a tuple of one size): :func:`tables_of` their addresses."""
+    rows = tuple(tuple(address(a) for a in arrays) for arrays in arrays_list)
+    sizes = tuple(arrays[0].size for arrays in arrays_list)
+    return tables_of(fname, names, written, rows, sizes, offsets, itemsizes)
+
+
+def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], rows: tuple,
+              sizes: tuple, offsets, itemsizes: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(table, chunks, total elements)`` for ``rows`` (one tuple of addresses per tensor,
+    in the order of ``names``) of ``sizes`` elements, memoised on the addresses.
 
     Raises ``ValueError`` naming the two arrays if a written array shares memory with any
     other array of the call (gradients may share memory with each other: they are only
     read).
     """
-    rows = [[address(a) for a in arrays] for arrays in arrays_list]
-    sizes = [arrays[0].size for arrays in arrays_list]
-    key = (names, itemsizes, tuple(map(tuple, rows)), tuple(sizes), tuple(offsets))
+    key = (names, itemsizes, rows, sizes, tuple(offsets))
     with _lock:
         found = _tables.get(key)
         if found is not None:

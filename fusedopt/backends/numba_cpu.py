@@ -224,15 +224,23 @@ def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) ->
     Raises ``ValueError`` before any write if a written array shares memory with any
     other array of the call.
     """
+    rows = tuple(tuple(multi_tensor.address(a) for a in arrays) for arrays in arrays_list)
+    launch_rows(rule, rows, tuple(arrays[0].size for arrays in arrays_list), prepared, offsets)
+
+
+def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=None) -> None:
+    """:func:`launch_many` on addresses: ``rows[t]`` holds tensor ``t``'s address in each
+    array (the master copy last), each of ``sizes[t]`` elements, C-contiguous and alive
+    for the call (torch tensors' ``data_ptr()``, with no NumPy view made)."""
     scalars, _, _, keys, signature = prepared
     if keys:
         words = keys[0].copy()
         words[0] = 0
         keys = (words,)
-    offsets = [0] * len(arrays_list) if offsets is None else offsets
-    names, written, sizes = columns(rule, signature)
-    table, chunks, total = multi_tensor.tables(rule.name + "_", names, written, arrays_list,
-                                               offsets, sizes)
+    offsets = (0,) * len(rows) if offsets is None else offsets
+    names, written, itemsizes = columns(rule, signature)
+    table, chunks, total = multi_tensor.tables_of(rule.name + "_", names, written, rows, sizes,
+                                                  offsets, itemsizes)
     if not len(chunks):
         return
     serial, parallel = _multi_for(rule, signature)

@@ -85,7 +85,7 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, grad_scale,
     .. math::
         g = c\nabla + \lambda\theta,\quad
         s \leftarrow \beta s + (1-\beta) g^2,\quad
-        a \leftarrow \beta a + (1-\beta) g \text{ (centered)},\\
+        a \leftarrow a + (1-\beta)(g - a) \text{ (centered)},\\
         b \leftarrow \mu b + g / (\sqrt{s - a^2 \text{ (centered) or } s} + \epsilon),\quad
         \theta \leftarrow \theta - \alpha b
 
@@ -94,8 +94,8 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, grad_scale,
     is when not centered.
     """
     g = grad * grad_scale + weight_decay * param
-    sq_avg = beta * sq_avg + one_minus_beta * g * g
-    grad_avg = beta * grad_avg + one_minus_beta * g if centered else grad_avg
+    sq_avg = beta * sq_avg + one_minus_beta * (g * g)  # torch's order: addcmul, lerp
+    grad_avg = grad_avg + one_minus_beta * (g - grad_avg) if centered else grad_avg
     variance = sq_avg - grad_avg * grad_avg if centered else sq_avg
     momentum_buffer = momentum * momentum_buffer + g / (sqrt(variance) + eps)
     return param - lr * momentum_buffer, sq_avg, grad_avg, momentum_buffer

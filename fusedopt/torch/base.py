@@ -1,0 +1,301 @@
+"""The shared machinery of fusedopt's ``torch.optim.Optimizer`` subclasses.
+
+A step, per parameter group:
+
+1. every parameter with a gradient is checked (dtype, device, layout, sparsity)
+   before anything is written, in every group;
+2. state is made lazily in torch's format (``state[p]["step"]``, ``"exp_avg"``, ...);
+3. tensors sharing a device, storage dtypes and step count form one bucket; a CPU
+   bucket is **one compiled call** over a table of the tensors' ``data_ptr()``\\ s
+   (:func:`fusedopt.backends.numba_cpu.launch_rows`), a CUDA bucket runs the
+   generated CUDA kernel per tensor (:mod:`fusedopt.functional`);
+4. the step counts advance with one ``torch._foreach_add_``.
+
+``torch.amp.GradScaler`` sees ``_step_supports_amp_scaling`` and hands the step its
+scale and ``found_inf`` as tensors: the gradients are unscaled inside the update
+(``grad_scale = 1/scale``) and a step with an infinite gradient is skipped, its
+step count unchanged, as torch's fused optimizers do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from fusedopt import _checks
+from fusedopt.backends import numba_cpu
+from fusedopt.backends.base import ScalarRangeError
+from fusedopt.kernels.dtypes import homogeneous, signature
+from fusedopt.kernels.registry import Rule
+
+#: torch dtype -> fusedopt storage name
+STORAGE = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+           torch.float16: "float16"}
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LOW = ("bfloat16", "float16")
+#: the keys fusedopt adds to torch's param groups
+PRECISION_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
+
+
+def precision_defaults(name: str, state_dtype, master_weights, stochastic_rounding,
+                       seed) -> dict:
+    """The precision options, checked, as param-group entries."""
+    if state_dtype is not None and state_dtype not in STATE_DTYPES:
+        raise ValueError(f"{name}: state_dtype={state_dtype!r}; use None (the parameter's "
+                         f"dtype), 'float32' or 'bfloat16'")
+    return {"state_dtype": state_dtype,
+            "master_weights": _checks.flag(name, "master_weights", master_weights),
+            "stochastic_rounding": _checks.flag(name, "stochastic_rounding",
+                                                stochastic_rounding),
+            "seed": _checks.seed(name, seed)}
+
+
+def implementation_flags(name: str, *, foreach=None, fused=None, capturable=False,
+                         differentiable=False) -> None:
+    """torch's flags that choose its implementation: fusedopt is always one fused pass."""
+    for flag_name, value in (("foreach", foreach), ("fused", fused)):
+        if value not in (None, True, False):
+            raise TypeError(f"{name}: {flag_name} must be None, True or False, not {value!r}")
+    if differentiable:
+        raise ValueError(f"{name}: differentiable=True is not supported: fusedopt updates the "
+                         "parameters in place, outside autograd; use torch.optim for a "
+                         "differentiable step")
+    if capturable:
+        raise ValueError(f"{name}: capturable=True is not supported yet: the step reads its "
+                         "step count and learning rate on the host; leave capturable=False")
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of :mod:`fusedopt.torch`'s optimizers (see the module docstring)."""
+
+    _step_supports_amp_scaling = True
+    #: rule array name -> torch state key, for every state array of every rule used
+    STATE_KEYS: ClassVar[dict[str, str]] = {}
+    #: run every tensor through the functional API (the CUDA route), even on the CPU
+    _per_tensor = False
+
+    # ------------------------------------------------------------ subclass hooks
+    def _rule_hyper(self, group: dict, state: dict) -> tuple[Rule, dict]:
+        """The rule and its hyperparameters (without step and grad_scale) for a parameter
+        whose state is ``state`` (its first step has ``"step"`` at 0)."""
+        raise NotImplementedError
+
+    def _after_step(self, group: dict, params: list, states: list, step: int) -> None:
+        """Per bucket, after its update (NAdam's ``mu_product``)."""
+
+    # --------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient (see the module docstring)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # GradScaler: an inf/NaN gradient; nothing moves, not even the step
+        unscale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+        if not math.isfinite(unscale):
+            raise ValueError(f"{name}.step: the grad scale {float(grad_scale)!r} has no finite "
+                             "inverse")
+        work = []  # everything checked before the first write
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                work.append((group, params, self._checked(name, gi, group, params)))
+        launches = []
+        offset = 0
+        for group, params, storages in work:
+            lr = as_float(f"{name}.step", "lr", group["lr"])
+            for key, members in self._buckets(group, params, storages).items():
+                states = [self.state[p] for p in members]
+                rule, hyper = self._rule_hyper(group, states[0])
+                sign = -1.0 if group.get("maximize", False) else 1.0
+                hyper = _checks.hyperparameters(f"{name}.step", rule.hyper,
+                                                dict(hyper, lr=lr, grad_scale=sign * unscale))
+                offsets = []
+                for p in members:
+                    offsets.append(offset)
+                    offset += p.numel()
+                launches.append(self._plan(name, rule, hyper, group, members, states, key,
+                                           tuple(offsets)))
+        for run, group, members, states, step in launches:  # nothing was written before
+            run()
+            torch._foreach_add_([s["step"] for s in states], 1.0)
+            self._after_step(group, members, states, step + 1)
+        return loss
+
+    def _checked(self, name: str, gi: int, group: dict, params: list) -> list[str]:
+        storages = []
+        for k, p in enumerate(params):
+            where = f"{name}.step: group {gi} parameter {k} {tuple(p.shape)}"
+            g = p.grad
+            if g.is_sparse:
+                raise RuntimeError(f"{where}: {name} does not support sparse gradients")
+            if p.dtype not in STORAGE:
+                raise TypeError(f"{where}: dtype {p.dtype} is not supported; use float32, "
+                                "float64, bfloat16 or float16")
+            if g.dtype != p.dtype:
+                raise TypeError(f"{where}: its gradient is {g.dtype}; give it the parameter's "
+                                f"dtype {p.dtype}")
+            if g.device != p.device or g.shape != p.shape:
+                raise ValueError(f"{where}: its gradient is {tuple(g.shape)} on {g.device}; it "
+                                 f"must match the parameter ({tuple(p.shape)} on {p.device})")
+            if not (p.is_contiguous() and g.is_contiguous()):
+                raise ValueError(f"{where}: the parameter and its gradient must be contiguous "
+                                 "(the update walks flat memory); make the parameter "
+                                 ".contiguous() before building the optimizer")
+            if p.device.type not in ("cpu", "cuda"):
+                raise ValueError(f"{where}: device {p.device} is not supported; use the CPU or "
+                                 "a CUDA device")
+            storages.append(STORAGE[p.dtype])
+        return storages
+
+    def _state_storage(self, group: dict, storage: str) -> str:
+        if storage == "float64":
+            return "float64"
+        chosen = group["state_dtype"]
+        if chosen is not None:
+            return chosen
+        return storage
+
+    def _buckets(self, group: dict, params: list, storages: list) -> dict:
+        """Lazily made state, then the params grouped by what one launch must share."""
+        fresh = [p for p in params if len(self.state[p]) == 0]
+        for p in fresh:
+            self._init_state(group, p)
+        steps = torch.stack([self.state[p]["step"].reshape(()).to("cpu", torch.float64)
+                             for p in params]).tolist()
+        buckets: dict[tuple, list] = {}
+        for p, storage, step in zip(params, storages, steps, strict=True):
+            key = (p.device, storage, self._state_storage(group, storage),
+                   "master" in self.state[p], int(step))
+            buckets.setdefault(key, []).append(p)
+        return buckets
+
+    def _init_state(self, group: dict, p: torch.Tensor) -> None:
+        state = self.state[p]
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        storage = STORAGE[p.dtype]
+        dtype = STATE_DTYPES.get(self._state_storage(group, storage), p.dtype) \
+            if storage != "float64" else torch.float64
+        if group["state_dtype"] is None:
+            dtype = p.dtype
+        for key in self._state_keys(group):
+            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+        if group["master_weights"] and storage in LOW:
+            state["master"] = p.detach().to(torch.float32).contiguous()
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        rule, _ = self._rule_hyper(group, {"step": torch.zeros(())})
+        return tuple(self.STATE_KEYS[a] for a in rule.state)
+
+    def _plan(self, name, rule, hyper, group, members, states, key, offsets) -> tuple:
+        """``(run, group, members, states, step)``: everything checked and prepared, the
+        writes left to ``run()``."""
+        device, storage, state_storage, master, step = key
+        state_keys = [self.STATE_KEYS[a] for a in rule.state]
+        stochastic = group["stochastic_rounding"] and (storage in LOW or state_storage in LOW)
+        rounding = (group["seed"], step + 1) if stochastic else None
+        if rule.needs_step:
+            hyper = dict(hyper, step=step + 1)
+        if device.type == "cpu" and not self._per_tensor:
+            sig = (homogeneous(rule.arrays, storage)
+                   if not master and storage == state_storage and storage not in LOW
+                   else signature(rule.arrays,
+                                  [storage, storage] + [state_storage] * len(state_keys),
+                                  writes=rule.writes, master=master, stochastic=stochastic))
+            try:
+                prepared = numba_cpu.prepare(rule, hyper, sig, rounding)
+            except ScalarRangeError as exc:
+                raise ValueError(f"{name}.step: {exc}") from None
+            rows = tuple((p.data_ptr(), p.grad.data_ptr(),
+                          *(s[k].data_ptr() for k in state_keys),
+                          *((s["master"].data_ptr(),) if master else ()))
+                         for p, s in zip(members, states, strict=True))
+            sizes = tuple(p.numel() for p in members)
+
+            def run():
+                numba_cpu.launch_rows(rule, rows, sizes, prepared, offsets)
+            return run, group, members, states, step
+        from fusedopt import functional
+
+        function = functional.FUNCTIONS[rule.name + "_"]
+        extra: dict[str, Any] = {}
+        if rounding is not None:
+            extra.update(stochastic_rounding=True, seed=group["seed"])
+            if not rule.needs_step:
+                extra["step"] = step + 1
+
+        def run_each():
+            for p, s, first in zip(members, states, offsets, strict=True):
+                arrays = (p.detach(), p.grad, *(s[k] for k in state_keys))
+                function(*arrays, **hyper, master=s.get("master") if master else None,
+                         rounding_offset=first if rounding is not None else 0, **extra)
+        return run_each, group, members, states, step
+
+    # ---------------------------------------------------------- checkpoints
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's format, from fusedopt or torch.optim.
+
+        fusedopt's param-group keys are filled in where a torch.optim checkpoint has none.
+        torch casts every loaded state tensor to its parameter's dtype; here each is taken
+        from the checkpoint as saved and given the group's state dtype (float32 for the
+        master copy), so a bf16 model's float32 master copy comes back exactly.
+        """
+        saved = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key in PRECISION_KEYS:
+                group.setdefault(key, self.defaults[key])
+        owner = {p: group for group in self.param_groups for p in group["params"]}
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, p in zip(saved_ids, params, strict=True):
+            if index not in saved or not self.state.get(p):
+                continue
+            self._restore(owner[p], p, self.state[p], saved[index])
+
+    def _restore(self, group: dict, p: torch.Tensor, state: dict, saved: dict) -> None:
+        step = saved.get("step")
+        if step is None:  # torch's SGD keeps none: a state is past its first step
+            state["step"] = torch.ones((), dtype=torch.float32)
+        else:
+            state["step"] = torch.as_tensor(step, dtype=torch.float32).reshape(()).cpu().clone()
+        storage = STORAGE.get(p.dtype)
+        wanted = self._state_storage(group, storage)
+        dtype = STATE_DTYPES.get(wanted, p.dtype) if group["state_dtype"] else p.dtype
+        for key in self._state_keys(group):
+            value = saved.get(key)
+            state[key] = (torch.zeros_like(p, dtype=dtype) if value is None
+                          else value.to(device=p.device, dtype=dtype, copy=True).contiguous())
+        if group["master_weights"] and storage in LOW:
+            value = saved.get("master")
+            state["master"] = (p.detach().to(torch.float32) if value is None
+                               else value.to(device=p.device, dtype=torch.float32, copy=True)
+                               ).contiguous()
+        if "mu_product" in saved:
+            state["mu_product"] = torch.as_tensor(saved["mu_product"]).clone()
+
+
+def as_float(name: str, what: str, value) -> float:
+    """A hyperparameter that may be a tensor (torch allows a tensor ``lr``) as a float."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name}: {what} must be a scalar tensor, not {tuple(value.shape)}")
+        return float(value)
+    return value
+
+
+__all__ = [
+    "STATE_DTYPES",
+    "STORAGE",
+    "FusedOptimizer",
+    "as_float",
+    "implementation_flags",
+    "precision_defaults",
+]
