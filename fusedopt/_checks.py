@@ -73,16 +73,25 @@ def _root(a) -> int:
     return id(a)
 
 
-def no_alias(fname: str, written: list, written_names: list[str], read: list,
-             read_names: list[str]) -> None:
+def same_owner(a, b) -> bool:
+    """Whether two NumPy arrays are views of one array's memory (no address read)."""
+    return _root(a) == _root(b)
+
+
+def no_alias(fname: str, written: list, written_names, read: list, read_names) -> None:
     """Raise if any array of ``read`` shares memory with any array of ``written``.
 
     NumPy arrays are grouped by the array that owns their memory, and only views
     of one owner are compared (no address is read: fast for hundreds of tensors);
-    CuPy arrays are compared by their device address ranges, sorted.
+    CuPy arrays are compared by their device address ranges, sorted. The names are
+    lists, or callables returning them (built only for an error).
     """
     if not written or not read:
         return
+    if callable(written_names):
+        written_names_of, read_names_of = written_names, read_names
+    else:
+        written_names_of, read_names_of = (lambda: written_names), (lambda: read_names)
     if isinstance(written[0], _NDARRAY):
         owners: dict[int, list[int]] = {}
         for i, a in enumerate(written):
@@ -90,10 +99,11 @@ def no_alias(fname: str, written: list, written_names: list[str], read: list,
         for j, r in enumerate(read):
             for i in owners.get(_root(r), ()):
                 if ranges_overlap(written[i], r):
-                    raise ValueError(f"{fname}: {read_names[j]} shares memory with "
-                                     f"{written_names[i]}, which the step writes; pass "
+                    raise ValueError(f"{fname}: {read_names_of()[j]} shares memory with "
+                                     f"{written_names_of()[i]}, which the step writes; pass "
                                      "gradients in their own memory")
         return
+    written_names, read_names = written_names_of(), read_names_of()
     no_overlap_among(fname, "parameters, their state and the gradients", written + read,
                      written_names + read_names)
 

@@ -222,7 +222,7 @@ def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = No
 
 # ----------------------------------------------------- a whole model: 157 tensors
 MODEL_IMPLS: tuple[str, ...] = ("arena", "list", "arena_clip_nonfinite", "floor",
-                                "torch_fused", "torch_foreach")
+                                "fusedopt_torch", "torch_fused", "torch_foreach")
 
 
 def transformer_like_shapes(layers: int = 12, d: int = 256, vocab: int = 5000,
@@ -266,7 +266,7 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
     if impl == "list":
         opt = Adam(params, lr=1e-3)
         return lambda: opt.step(grads)
-    if impl in ("torch_fused", "torch_foreach"):
+    if impl in ("torch_fused", "torch_foreach", "fusedopt_torch"):
         try:
             import torch
         except ImportError:
@@ -274,6 +274,10 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
         tparams = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
         for tp, g in zip(tparams, grads, strict=True):
             tp.grad = torch.from_numpy(g)
+        if impl == "fusedopt_torch":
+            import fusedopt.torch as fot
+
+            return fot.Adam(tparams, lr=1e-3).step
         flag = {"torch_fused": "fused", "torch_foreach": "foreach"}[impl]
         return torch.optim.Adam(tparams, lr=1e-3, **{flag: True}).step
     raise ValueError(f"impl={impl!r} is not one of {MODEL_IMPLS}")

@@ -260,23 +260,31 @@ class Optimizer(Checkpointing):
             out.append(pairs)
             storages.append(group_storages)
         self._check_writeable(name)
-        arrays, names = [], []
-        for gi, group in enumerate(self.groups):
-            where = "" if len(self.groups) == 1 else f"group {gi} "
+        arrays = []
+        for group in self.groups:
             for k, p in enumerate(group.unit_params):
                 arrays.append(p)
-                names.append(f"{where}parameter {k}")
-                state = group.state[k] if group.state is not None else ()
-                for state_name, s in zip(group.state_names, state, strict=False):
-                    arrays.append(s)
-                    names.append(f"{where}{state_name} of parameter {k}")
+                arrays.extend(group.state[k] if group.state is not None else ())
                 if group.master is not None and group.master[k] is not None:
                     arrays.append(group.master[k])
-                    names.append(f"{where}master copy of parameter {k}")
-        _checks.no_alias(f"{name}.step", arrays, names, given,
-                         [f"grads[{k}]" for k in range(len(given))])
+        _checks.no_alias(f"{name}.step", arrays, self._written_names, given,
+                         lambda: [f"grads[{k}]" for k in range(len(given))])
         self._grad_storage = storages
         return out
+
+    def _written_names(self) -> list[str]:
+        """The names of the arrays a step writes, in :meth:`_units`' order (for errors)."""
+        names = []
+        for gi, group in enumerate(self.groups):
+            where = "" if len(self.groups) == 1 else f"group {gi} "
+            for k in range(len(group.unit_params)):
+                names.append(f"{where}parameter {k}")
+                state = group.state[k] if group.state is not None else ()
+                names.extend(f"{where}{state_name} of parameter {k}"
+                             for state_name, _ in zip(group.state_names, state, strict=False))
+                if group.master is not None and group.master[k] is not None:
+                    names.append(f"{where}master copy of parameter {k}")
+        return names
 
     def _check_writeable(self, name: str) -> None:
         for gi, group in enumerate(self.groups):

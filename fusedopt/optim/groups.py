@@ -164,6 +164,12 @@ def checked_param(owner: str, name: str, p) -> tuple:
 def checked_grad(owner: str, k: int, g, p, kind: str, p_storage: str = "float32"):
     """``(grads[k], storage)`` for parameter ``p`` (as the kernels take them): same kind,
     shape and device, the parameter's dtype or float32, not aliasing it."""
+    if (type(g) is np.ndarray and kind == "numpy" and g.dtype is p.dtype
+            and p_storage in ("float32", "float64") and g.shape == p.shape
+            and g.flags.c_contiguous):  # the common case, with no string work
+        if _checks.same_owner(g, p) and _checks.ranges_overlap(g, p):
+            raise ValueError(f"{owner}.step: grads[{k}] shares memory with its parameter")
+        return g, p_storage
     name = f"grads[{k}]"
     gk = _checks.array_kind(g)
     storage = None
