@@ -55,6 +55,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.precision is not None:
         return _bench_precision(args)
+    if args.backend == "cupy":
+        return _bench_gpu(args)
     if args.model:
         key, rows = "model", bench.measure_model(min_repeats=args.repeats,
                                                  min_seconds=args.seconds)
@@ -78,6 +80,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(table)
         print("\n" + legend)
     return 0
+
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    """``fusedopt bench --backend cupy``: the GPU benchmark of :mod:`fusedopt.bench_gpu`."""
+    from fusedopt import bench_gpu
+
+    sizes = args.sizes
+    if sizes == list(config.BENCH_SIZES):  # the CPU's defaults: the GPU's are larger
+        sizes = [1 << 20, 1 << 24, 1 << 28]
+    odd = [n for n in sizes if n & (n - 1)]
+    if odd:
+        raise ValueError(f"--sizes {','.join(map(str, odd))}: with --backend cupy, sizes are "
+                         "powers of two (e.g. 1048576,16777216)")
+    from fusedopt.bench import bench_rules
+
+    rules = None if args.rules == list(bench_rules()) else args.rules
+    return bench_gpu.run(argparse.Namespace(
+        sizes=[n.bit_length() - 1 for n in sizes], rules=rules, repeats=max(args.repeats, 5),
+        model=args.model, precision=False, json=args.json, out=""))
 
 
 def _bench_precision(args: argparse.Namespace) -> int:
@@ -288,8 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "elements (or --sizes), against a loop moving the same bytes and a "
                         "plain Numba loop doing the same math; needs ml_dtypes for bfloat16")
     b.add_argument("--backend", choices=["numba", "cupy"], default="numba",
-                   help="with --precision: cupy times the recipes on the GPU (2^28 elements, "
-                        "torch CUDA tensors) as fractions of a device copy")
+                   help="cupy: the GPU benchmark (each rule at 2^20, 2^24, 2^28 against a "
+                        "device copy and torch fused; with --model, Adam over GPT-2 small's "
+                        "148 tensors: arena, list, fusedopt.torch, torch fused; with "
+                        "--precision, the recipes at 2^28 on torch CUDA tensors)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
 
