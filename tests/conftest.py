@@ -76,15 +76,16 @@ def host_cupy(host_library, monkeypatch):
 
     from host_cuda import HostRawKernel, fake_cupy
 
-    from fusedopt.backends import cupy_cuda
+    from fusedopt.backends import cuda_multi, cupy_cuda
 
     module = fake_cupy(host_library)
     monkeypatch.setitem(sys.modules, "cupy", module)
-    cupy_cuda._kernel.cache_clear()
-    cupy_cuda._multiprocessors.cache_clear()
-    cupy_cuda._norm_kernels.cache_clear()
+    caches = (cupy_cuda._kernel, cupy_cuda._multi_kernel, cupy_cuda._multiprocessors,
+              cupy_cuda._norm_kernels)
+    for cached in caches:
+        cached.cache_clear()
     HostRawKernel.launches = []
     yield module
-    cupy_cuda._kernel.cache_clear()
-    cupy_cuda._multiprocessors.cache_clear()
-    cupy_cuda._norm_kernels.cache_clear()
+    for cached in caches:
+        cached.cache_clear()
+    cuda_multi._device_tables.clear()

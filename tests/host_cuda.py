@@ -73,16 +73,37 @@ def launcher(rule: Rule, dtype, kernel: str) -> str:
             "    }\n}\n")
 
 
+def multi_launcher(rule: Rule, dtype) -> str:
+    """C++ for ``launch_<multi kernel>(grid, block, <its arguments>)``."""
+    from fusedopt.backends import cuda_multi
+
+    sig = cuda_codegen.signature_of(rule, dtype)
+    kernel = cuda_multi.kernel_name(rule, sig)
+    params = cuda_multi.parameters(rule, sig)
+    return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
+            f'{", ".join(f"{t} {n}" for t, n in params)}) {{\n'
+            "  gridDim.x = grid; blockDim.x = block;\n"
+            "  for (unsigned b = 0; b < grid; ++b)\n"
+            "    for (unsigned t = 0; t < block; ++t) {\n"
+            f"      blockIdx.x = b; threadIdx.x = t; {kernel}({', '.join(n for _, n in params)});\n"
+            "    }\n}\n")
+
+
 def build_host_library(directory: Path) -> ctypes.CDLL | None:
     """Every rule's CUDA source compiled for the host; None without a C++ compiler."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         return None
+    from fusedopt.backends import cuda_multi
+
     parts = [SHIM]
     for rule_name, rule in RULES.items():
         for dtype in DTYPES:
             parts.append(cupy_cuda.cuda_source(rule_name, dtype))
             parts.extend(launcher(rule, dtype, k) for k in cupy_cuda.kernel_names(rule, dtype))
+            parts.append(cuda_multi.cuda_multi_source(rule_name, dtype).replace(
+                cuda_codegen.device_function(rule, dtype), ""))  # defined once, above
+            parts.append(multi_launcher(rule, dtype))
     source = directory / "kernels.cpp"
     source.write_text("\n".join(parts))
     library = directory / "kernels.so"
@@ -151,6 +172,8 @@ class HostRawKernel:
                 converted.append(ctypes.c_void_p(arg.data.ptr))
             elif isinstance(arg, np.int64):
                 converted.append(ctypes.c_longlong(int(arg)))
+            elif isinstance(arg, np.uint32):
+                converted.append(ctypes.c_uint(int(arg)))
             elif isinstance(arg, np.float32):
                 converted.append(ctypes.c_float(arg))
             elif isinstance(arg, np.float64):

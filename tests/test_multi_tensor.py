@@ -180,7 +180,7 @@ def test_the_multi_tensor_loop_is_vectorised(rule_name):
     rows = tensors(rule, [64, 3], np.float32)
     hyper = {**rule.defaults, **kwargs_of(rule)}
     scalars = numba_cpu.prepare(rule, hyper, sig)[0]
-    names, written, sizes = numba_cpu.columns(rule, sig)
+    names, written, sizes = multi_tensor.columns(rule, sig)
     table, chunks, _ = multi_tensor.tables("t", names, written, rows, [0, 0], sizes)
     assert driver(table, chunks, scalars) == 0
     asm = "\n".join(driver.inspect_asm(s) for s in driver.signatures)

@@ -149,6 +149,42 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
         kernel((blocks,), (threads,), (*arrays, *scalars, np.int64(n)))
 
 
+@cache
+def _multi_kernel(rule_name: str, sig: Signature, device_id: int):
+    """The compiled multi-tensor kernel, memoised per (rule, signature, device)."""
+    import cupy
+
+    from fusedopt.backends import cuda_multi
+
+    with cupy.cuda.Device(device_id):
+        kernel = cupy.RawKernel(cuda_multi.cuda_multi_source(rule_name, sig),
+                                cuda_multi.kernel_name(rule_name, sig),
+                                options=("--std=c++17", "--fmad=false"))
+        kernel.compile()
+    return kernel
+
+
+def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=None,
+                device_id: int = 0) -> None:
+    """One launch over many tensors given by their device addresses (``rows[t]``: tensor
+    ``t``'s address in each array, the master copy last), each of ``sizes[t]`` elements,
+    on the current stream; no sync. Raises ``ValueError`` before any write if a written
+    array shares memory with another array of the call."""
+    from fusedopt.backends import cuda_multi
+
+    sig = prepared[1]
+    cuda_multi.launch_rows(rule, rows, sizes, prepared, offsets, device_id,
+                           _multi_kernel(rule.name, sig, device_id), _multiprocessors(device_id))
+
+
+def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) -> None:
+    """:func:`launch` over every tuple of ``arrays_list`` (CuPy arrays on one device) in one
+    launch of the multi-tensor kernel."""
+    rows = tuple(tuple(a.data.ptr for a in arrays) for arrays in arrays_list)
+    launch_rows(rule, rows, tuple(arrays[0].size for arrays in arrays_list), prepared, offsets,
+                arrays_list[0][0].device.id)
+
+
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
            rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
     """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""

@@ -51,6 +51,17 @@ def _forget(key: int, dead) -> None:
         _addresses.pop(key, None)
 
 
+def columns(rule, signature) -> tuple[tuple, tuple, tuple]:
+    """A table's columns for ``rule`` and its storage ``signature``: the arrays' names (the
+    master copy last), whether each is written, and each one's item size."""
+    names = (*rule.arrays, *(("master",) if signature.master else ()))
+    written = tuple(a in rule.writes for a in rule.arrays) + ((True,) if signature.master
+                                                                else ())
+    sizes = tuple(2 if s in ("bfloat16", "float16") else np.dtype(s).itemsize
+                  for s in signature.storage) + ((4,) if signature.master else ())
+    return names, written, sizes
+
+
 def tables(fname: str, names: tuple[str, ...], written: tuple[bool, ...], arrays_list,
            offsets, itemsizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
     """``(table, chunks, total elements)`` for ``arrays_list`` (one tuple of arrays per

@@ -206,16 +206,6 @@ def _multi_for(rule: Rule, signature: Signature) -> tuple:
     return found
 
 
-def columns(rule: Rule, signature: Signature) -> tuple[tuple, tuple, tuple]:
-    """The multi-tensor table's columns: names, written or not, item sizes."""
-    names = (*rule.arrays, *(("master",) if signature.master else ()))
-    written = tuple(a in rule.writes for a in rule.arrays) + ((True,) if signature.master
-                                                                else ())
-    sizes = tuple(2 if s in ("bfloat16", "float16") else np.dtype(s).itemsize
-                  for s in signature.storage) + ((4,) if signature.master else ())
-    return names, written, sizes
-
-
 def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) -> None:
     """Run ``rule`` in place over every tuple of ``arrays_list`` (one per tensor, each as
     :func:`launch` takes it) in one compiled call; ``offsets`` are each tensor's first
@@ -238,7 +228,7 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
         words[0] = 0
         keys = (words,)
     offsets = (0,) * len(rows) if offsets is None else offsets
-    names, written, itemsizes = columns(rule, signature)
+    names, written, itemsizes = multi_tensor.columns(rule, signature)
     table, chunks, total = multi_tensor.tables_of(rule.name + "_", names, written, rows, sizes,
                                                   offsets, itemsizes)
     if not len(chunks):

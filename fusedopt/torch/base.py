@@ -215,14 +215,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         rounding = (group["seed"], step + 1) if stochastic else None
         if rule.needs_step:
             hyper = dict(hyper, step=step + 1)
-        if device.type == "cpu" and not self._per_tensor:
+        if not self._per_tensor:
             sig = (homogeneous(rule.arrays, storage)
                    if not master and storage == state_storage and storage not in LOW
                    else signature(rule.arrays,
                                   [storage, storage] + [state_storage] * len(state_keys),
                                   writes=rule.writes, master=master, stochastic=stochastic))
+            impl = numba_cpu if device.type == "cpu" else _cuda_backend()
             try:
-                prepared = numba_cpu.prepare(rule, hyper, sig, rounding)
+                prepared = impl.prepare(rule, hyper, sig, rounding)
             except ScalarRangeError as exc:
                 raise ValueError(f"{name}.step: {exc}") from None
             if master:
@@ -230,9 +231,18 @@ class FusedOptimizer(torch.optim.Optimizer):
             rows = tuple((p.data_ptr(), p.grad.data_ptr(), *[s[k].data_ptr() for k in state_keys])
                          for p, s in zip(members, states, strict=True))
             sizes = tuple([p.numel() for p in members])
+            if device.type == "cpu":
+                def run():
+                    numba_cpu.launch_rows(rule, rows, sizes, prepared, offsets)
+            else:
+                def run():
+                    import cupy
 
-            def run():
-                numba_cpu.launch_rows(rule, rows, sizes, prepared, offsets)
+                    # on torch's current stream: ordered after the backward that wrote the
+                    # gradients, before whatever the caller queues next
+                    stream = torch.cuda.current_stream(device)
+                    with cupy.cuda.ExternalStream(stream.cuda_stream, device.index or 0):
+                        impl.launch_rows(rule, rows, sizes, prepared, offsets, device.index or 0)
             return run, group, members, states, step
         from fusedopt import functional
 
@@ -296,6 +306,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                                ).contiguous()
         if "mu_product" in saved:
             state["mu_product"] = torch.as_tensor(saved["mu_product"]).clone()
+
+
+def _cuda_backend():
+    from fusedopt.backends import cupy_cuda
+
+    return cupy_cuda
 
 
 def _pack_steps(states: list[dict]) -> None:

@@ -1,0 +1,116 @@
+"""The CUDA multi-tensor kernel: compiled by NVRTC for every rule and storage, and run on
+the host (tests/host_cuda.py) against the Numba multi-tensor driver, itself checked
+against each tensor alone and the float64 oracle (test_multi_tensor.py). The host
+build and the Numba drivers round alike (no fused multiply-adds): equal bits."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from rule_table import RULE_INFO, sample_arrays
+from test_cuda_codegen import compile_ptx, nvrtc  # noqa: F401  (a fixture)
+
+import fusedopt as fo
+from fusedopt.backends import cuda_multi, cupy_cuda, numba_cpu
+from fusedopt.kernels import RULES
+from fusedopt.kernels.dtypes import homogeneous, signature
+
+SIGNATURES = {
+    "f32": lambda r: homogeneous(r.arrays, "float32"),
+    "f64": lambda r: homogeneous(r.arrays, "float64"),
+    "bf16-sr": lambda r: signature(r.arrays, ["bfloat16"] * len(r.arrays), writes=r.writes,
+                                   stochastic=True),
+    "f16-master": lambda r: signature(r.arrays, ["float16", "float16"]
+                                      + ["float32"] * (len(r.arrays) - 2),
+                                      writes=r.writes, master=True),
+}
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+@pytest.mark.parametrize("storage", list(SIGNATURES))
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_every_multi_tensor_kernel_compiles_with_nvrtc(nvrtc, rule_name, storage, arch):  # noqa: F811
+    rule = RULES[rule_name]
+    if storage == "f16-master" and len(rule.arrays) < 3:
+        storage = "bf16-sr"
+    sig = SIGNATURES[storage](rule)
+    ptx = compile_ptx(nvrtc, cuda_multi.cuda_multi_source(rule, sig), arch)
+    assert re.search(rf"\.entry {cuda_multi.kernel_name(rule, sig)}\(", ptx)
+
+
+def rows_for(rule, sizes, dtype, xp, seed=0):
+    """One tuple of arrays per size, each a view at an odd element offset (misaligned)."""
+    out = []
+    for k, n in enumerate(sizes):
+        values = sample_arrays(rule.name, (n,), seed=seed + k, scale=0.5)
+        row = []
+        for name in rule.arrays:
+            buffer = xp.zeros(n + 3, dtype)
+            view = buffer[1 + k % 2: 1 + k % 2 + n]
+            view[...] = values[name]
+            row.append(view)
+        out.append(tuple(row))
+    return out
+
+
+def hyper_of(rule) -> dict:
+    hyper = {**rule.defaults, **RULE_INFO[rule.name].sample_hyper}
+    if rule.needs_step:
+        hyper.setdefault("step", 3)
+    return hyper
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_one_launch_over_a_list_equals_the_cpu_driver(host_cupy, rule_name, dtype):
+    from host_cuda import HostRawKernel
+
+    rule = RULES[rule_name]
+    sizes = [0, 1, 7, 33, 1000, 70_000, 3, 0]
+    gpu = rows_for(rule, sizes, dtype, host_cupy)
+    cpu = [tuple(np.array(a) for a in row) for row in gpu]
+    sig = homogeneous(rule.arrays, dtype)
+    HostRawKernel.launches = []
+    cupy_cuda.launch_many(rule, gpu, cupy_cuda.prepare(rule, hyper_of(rule), sig))
+    assert [name for name, _, _ in HostRawKernel.launches] == [
+        cuda_multi.kernel_name(rule, sig)]  # one launch for the whole list
+    numba_cpu.launch_many(rule, cpu, numba_cpu.prepare(rule, hyper_of(rule), sig))
+    for k, (g, c) in enumerate(zip(gpu, cpu, strict=True)):
+        for name, a, b in zip(rule.arrays, g, c, strict=True):
+            assert np.array_equal(np.asarray(a), b, equal_nan=True), (rule_name, k, name)
+
+
+def test_a_thousand_tensors_in_one_launch_through_the_optimizer(host_cupy):
+    """fo.Adam over a list of (emulated) CuPy arrays launches once per step."""
+    from host_cuda import HostRawKernel
+
+    rng = np.random.default_rng(3)
+    sizes = [int(n) for n in rng.integers(0, 40, 1200)]
+    host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    gpu = [host_cupy.asarray(h) for h in host]
+    opt = fo.Adam(gpu, lr=1e-2)
+    cpu_opt = fo.Adam([h.copy() for h in host], lr=1e-2)
+    HostRawKernel.launches = []
+    for _ in range(3):
+        opt.step([host_cupy.asarray(g) for g in grads])
+        cpu_opt.step(grads)
+    assert len(HostRawKernel.launches) == 3
+    for a, b in zip(gpu, cpu_opt.groups[0].tensors, strict=True):
+        assert np.array_equal(np.asarray(a), b)
+
+
+def test_shared_memory_is_refused_before_the_launch(host_cupy):
+    from host_cuda import HostRawKernel
+
+    rule = RULES["sgd"]
+    buffer = host_cupy.zeros(30, np.float32)
+    rows = [(buffer[:20], host_cupy.zeros(20, np.float32)),
+            (buffer[10:30], host_cupy.zeros(20, np.float32))]
+    HostRawKernel.launches = []
+    with pytest.raises(ValueError, match="tensor 0's param and tensor 1's param share memory"):
+        cupy_cuda.launch_many(rule, rows, cupy_cuda.prepare(
+            rule, hyper_of(rule), homogeneous(rule.arrays, "float32")))
+    assert HostRawKernel.launches == []
