@@ -43,6 +43,8 @@ NUMBA_PARALLEL_MIN_SIZE: int = _env_int("FUSEDOPT_PARALLEL_MIN_SIZE", 1 << 15, l
 #: the threads share out (a large tensor is split, small ones stay whole); the tables of
 #: the last few address sets are kept, so a training loop's list is checked once.
 MULTI_TENSOR_CHUNK: int = 1 << 16
+#: ``fo.<rule>_`` keeps the prepared scalars of this many (rule, dtypes, hyperparameters)
+PREPARED_CACHE: int = 64
 MULTI_TENSOR_TABLES: int = 32
 
 #: Where generated Numba driver modules (and Numba's on-disk cache of their

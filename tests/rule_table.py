@@ -75,6 +75,15 @@ def _lion_magnitude(a, h):
     return np.where(flip, np.inf, h["lr"] * (1 + h.get("weight_decay", 0.0) * np.abs(a["param"])))
 
 
+def _rmsprop_momentum_hyper(draw, st):
+    """Centered with 0 < beta < 1e-3, the variance s - a^2 is below float32's resolution of
+    s (it is about beta * s): its float32 value is noise, even negative (NaN, as in torch)."""
+    centered = draw(st.booleans())
+    beta = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.999)) if centered else _betas(st))
+    return dict(lr=draw(_lrs(st)), beta=beta, eps=draw(_epsilons(st)),
+                weight_decay=draw(_decays(st)), momentum=draw(_betas(st)), centered=centered)
+
+
 def _rmsprop_momentum_magnitude(a, h):
     """The step's terms, and (centered) how far a float32 rounding of ``s - a^2`` moves
     ``g / (sqrt(s - a^2) + eps)``: the subtraction cancels where the variance is small."""
@@ -159,9 +168,7 @@ RULE_INFO: dict[str, RuleInfo] = {
         magnitude=_normalised),
     "rmsprop_momentum": RuleInfo(
         dict(lr=0.01, beta=0.9, eps=1e-6, weight_decay=0.01, momentum=0.9, centered=True),
-        lambda draw, st: dict(lr=draw(_lrs(st)), beta=draw(_betas(st)),
-                              eps=draw(_epsilons(st)), weight_decay=draw(_decays(st)),
-                              momentum=draw(_betas(st)), centered=draw(st.booleans())),
+        _rmsprop_momentum_hyper,
         reachable=lambda a, normal, scale: {
             **a, "sq_avg": np.asarray(a["grad_avg"]) ** 2 + (np.abs(a["sq_avg"]) + 1) * scale},
         magnitude=_rmsprop_momentum_magnitude),

@@ -59,3 +59,22 @@ def test_measured_plan_example_fits_its_limit():
     plan = namespace["plan"]
     assert plan.fits and plan.confirmed_peak <= 64 * 2**20
     assert plan.bytes_per_sample == pytest.approx(12_576, rel=0.02)  # the line printed there
+
+
+def test_pytorch_example_trains_and_its_checkpoint_loads_into_torch(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch", reason="the PyTorch example needs torch")
+    block = next(b for b in python_blocks() if "fusedopt.torch" in b)
+    monkeypatch.chdir(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(784, 10, generator=generator)
+    xs = [torch.randn(64, 784, generator=generator) for _ in range(60)]
+    batches = [(x, (x @ teacher).argmax(1)) for x in xs]
+    scope = {"batches": batches}
+    exec(compile(block, "README.md", "exec"), scope)
+    model = scope["model"]
+    with torch.no_grad():
+        first = torch.nn.functional.cross_entropy(model(xs[0]), batches[0][1])
+    assert first < 1.0  # from about ln(10) = 2.3 before training
+    theirs = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    theirs.load_state_dict(torch.load(tmp_path / "opt.pt"))
+    assert float(theirs.state[next(model.parameters())]["step"]) == 60

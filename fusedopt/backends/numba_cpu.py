@@ -183,7 +183,7 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
         words = keys[0].copy()
         words[0] = offset
         keys = (words,)
-    flat = [a.reshape(-1) for a in arrays]
+    flat = [a if a.ndim == 1 else a.reshape(-1) for a in arrays]
     if arrays[0].size >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
         code = call(parallel, *flat, scalars, *keys, parallel=True)
     else:
@@ -240,10 +240,28 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
         call(serial, table, chunks, scalars, *keys)
 
 
+_PREPARED: dict[tuple, tuple] = {}
+
+
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
            rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
-    """Run ``rule`` in place over ``arrays`` (checked, C-contiguous, one shape)."""
-    launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
+    """Run ``rule`` in place over ``arrays`` (checked, C-contiguous, one shape).
+
+    A trainer calls ``fo.<rule>_`` once per tensor with the same hyperparameters: the
+    step's scalars are prepared once for them and kept (the last few sets), so the
+    other calls of the step skip the host arithmetic.
+    """
+    if rounding is not None:
+        launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
+        return
+    key = (id(rule), signature, *hyper.items())
+    found = _PREPARED.get(key)
+    if found is None or found[0] is not rule:  # (a rule registered again under a new id)
+        found = (rule, prepare(rule, hyper, signature))
+        if len(_PREPARED) >= config.PREPARED_CACHE:
+            _PREPARED.clear()
+        _PREPARED[key] = found
+    launch(rule, arrays, found[1], offset)
 
 
 def norm_sums(array, storage: str | None = None) -> tuple[float, float, float]:

@@ -47,7 +47,8 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, *, lr, beta
     g = grad * grad_scale + weight_decay * param
     sq_avg = beta * sq_avg + (1 - beta) * g * g
     if centered:
-        grad_avg = grad_avg + (1 - beta) * (g - grad_avg)
+        grad_avg = (grad_avg + (1 - beta) * (g - grad_avg) if 1 - beta < 0.5
+                    else g - (g - grad_avg) * beta)  # torch's lerp
         variance = sq_avg - grad_avg * grad_avg
     else:
         variance = sq_avg

@@ -94,8 +94,11 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, grad_scale,
     is when not centered.
     """
     g = grad * grad_scale + weight_decay * param
-    sq_avg = beta * sq_avg + one_minus_beta * (g * g)  # torch's order: addcmul, lerp
-    grad_avg = grad_avg + one_minus_beta * (g - grad_avg) if centered else grad_avg
+    sq_avg = beta * sq_avg + one_minus_beta * (g * g)  # torch's order: addcmul, then lerp,
+    # which steps from the nearer end (beta = 0 gives a = g exactly, so s - a^2 = 0, not < 0)
+    toward = (grad_avg + one_minus_beta * (g - grad_avg) if one_minus_beta < 0.5
+              else g - (g - grad_avg) * beta)
+    grad_avg = toward if centered else grad_avg
     variance = sq_avg - grad_avg * grad_avg if centered else sq_avg
     momentum_buffer = momentum * momentum_buffer + g / (sqrt(variance) + eps)
     return param - lr * momentum_buffer, sq_avg, grad_avg, momentum_buffer
