@@ -72,7 +72,7 @@ def tables(fname: str, names: tuple[str, ...], written: tuple[bool, ...], arrays
 
 
 def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], rows: tuple,
-              sizes: tuple, offsets, itemsizes: tuple[int, ...]
+              sizes: tuple, offsets, itemsizes: tuple[int, ...], threads: int = 1
               ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(table, chunks, total elements)`` for ``rows`` (one tuple of addresses per tensor,
     in the order of ``names``) of ``sizes`` elements, memoised on the addresses.
@@ -81,7 +81,7 @@ def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], row
     other array of the call (gradients may share memory with each other: they are only
     read).
     """
-    key = (names, itemsizes, rows, sizes, tuple(offsets))
+    key = (names, itemsizes, rows, sizes, tuple(offsets), threads)
     with _lock:
         found = _tables.get(key)
         if found is not None:
@@ -92,7 +92,7 @@ def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], row
         table[:, : len(names)] = rows
         table[:, len(names)] = offsets
     _check(fname, names, written, table, np.asarray(sizes, dtype=np.int64), itemsizes)
-    chunks = _chunks(sizes)
+    chunks = _chunks(sizes, threads)
     found = (table, chunks, int(sum(sizes)))
     with _lock:
         _tables[key] = found
@@ -101,9 +101,26 @@ def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], row
     return found
 
 
-def _chunks(sizes) -> np.ndarray:
+def _chunks(sizes, threads: int = 1) -> np.ndarray:
+    """The pieces ``(tensor, start, stop)`` of at most ``config.MULTI_TENSOR_CHUNK`` elements.
+
+    For ``threads`` > 1 they are dealt into that many bins of equal work (largest first,
+    each to the lightest bin) and laid out bin after bin, each bin padded with empty
+    pieces to the same count: a parallel loop that splits its iterations into equal
+    contiguous blocks (Numba's static schedule) then gives every thread the same number
+    of elements, where the tensors' order (a large embedding first) would not.
+    """
     step = config.MULTI_TENSOR_CHUNK
     pieces = [(t, lo, min(lo + step, n)) for t, n in enumerate(sizes) for lo in range(0, n, step)]
+    if threads > 1 and len(pieces) > 1:
+        bins: list[list] = [[] for _ in range(threads)]
+        loads = [0] * threads
+        for piece in sorted(pieces, key=lambda p: p[1] - p[2]):  # largest first
+            k = loads.index(min(loads))
+            bins[k].append(piece)
+            loads[k] += piece[2] - piece[1]
+        width = max(len(b) for b in bins)
+        pieces = [piece for b in bins for piece in b + [(0, 0, 0)] * (width - len(b))]
     return np.array(pieces, dtype=np.int64).reshape(-1, 3)
 
 

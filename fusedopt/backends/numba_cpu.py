@@ -229,15 +229,24 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
         keys = (words,)
     offsets = (0,) * len(rows) if offsets is None else offsets
     names, written, itemsizes = multi_tensor.columns(rule, signature)
-    table, chunks, total = multi_tensor.tables_of(rule.name + "_", names, written, rows, sizes,
-                                                  offsets, itemsizes)
-    if not len(chunks):
+    total = sum(sizes)
+    parallel = total >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only()
+    table, chunks, _ = multi_tensor.tables_of(rule.name + "_", names, written, rows, sizes,
+                                              offsets, itemsizes,
+                                              _threads() if parallel else 1)
+    if not total:
         return
-    serial, parallel = _multi_for(rule, signature)
-    if total >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
-        call(parallel, table, chunks, scalars, *keys, parallel=True)
+    drivers = _multi_for(rule, signature)
+    if parallel:
+        call(drivers[1], table, chunks, scalars, *keys, parallel=True)
     else:
-        call(serial, table, chunks, scalars, *keys)
+        call(drivers[0], table, chunks, scalars, *keys)
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 _PREPARED: dict[tuple, tuple] = {}
