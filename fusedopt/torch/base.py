@@ -89,7 +89,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # --------------------------------------------------------------- the step
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Any = None) -> Any:
         """One update of every parameter with a gradient (see the module docstring)."""
         loss = None
         if closure is not None:

@@ -13,7 +13,8 @@ same formula (see :mod:`fusedopt.kernels.rules`), with the precision options of
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +25,10 @@ from fusedopt.torch.base import (
     implementation_flags,
     precision_defaults,
 )
+
+#: what torch.optim takes: tensors, (name, tensor) pairs, or param-group dicts
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
+Real = float | torch.Tensor
 
 
 def _throwaway() -> list[torch.Tensor]:
@@ -58,10 +63,13 @@ class Adam(FusedOptimizer):
                   "max_exp_avg_sq": "max_exp_avg_sq"}
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False,
-                 state_dtype=None, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: Real = 1e-3, betas: tuple[Real, Real] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: Real = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False, state_dtype: str | None = None,
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         name = type(self).__name__
         kwargs = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                       maximize=maximize)
@@ -92,10 +100,12 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, state_dtype=None, master_weights=False,
-                 stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: Real = 1e-3, betas: tuple[Real, Real] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: Real = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused, state_dtype=state_dtype,
@@ -116,10 +126,12 @@ class SGD(FusedOptimizer):
 
     STATE_KEYS: ClassVar[dict[str, str]] = {"velocity": "momentum_buffer"}
 
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None, state_dtype=None, master_weights=False, stochastic_rounding=False,
-                 seed=0):
+    def __init__(self, params: Params, lr: Real = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: Real = 0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None,
+                 differentiable: bool = False, fused: bool | None = None,
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         reference = torch.optim.SGD(_throwaway(), lr=lr, momentum=momentum, dampening=dampening,
                                     weight_decay=weight_decay, nesterov=nesterov,
                                     maximize=maximize)
@@ -156,10 +168,12 @@ class RMSprop(FusedOptimizer):
     STATE_KEYS: ClassVar[dict[str, str]] = {"sq_avg": "square_avg", "grad_avg": "grad_avg",
                   "momentum_buffer": "momentum_buffer"}
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, fused=None, state_dtype=None, master_weights=False,
-                 stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: Real = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: Real = 0, momentum: float = 0, centered: bool = False,
+                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, *, fused: bool | None = None,
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         reference = torch.optim.RMSprop(_throwaway(), lr=lr, alpha=alpha, eps=eps,
                                         weight_decay=weight_decay, momentum=momentum,
                                         centered=centered, maximize=maximize)
@@ -194,10 +208,13 @@ class NAdam(FusedOptimizer):
 
     STATE_KEYS: ClassVar[dict[str, str]] = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
-                 maximize=False, capturable=False, differentiable=False, fused=None,
-                 state_dtype=None, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: Real = 2e-3, betas: tuple[Real, Real] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: Real = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, state_dtype: str | None = None,
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         reference = torch.optim.NAdam(_throwaway(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
@@ -241,10 +258,12 @@ class Lion(FusedOptimizer):
 
     STATE_KEYS: ClassVar[dict[str, str]] = {"exp_avg": "exp_avg"}
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, foreach=None, fused=None, capturable=False,
-                 differentiable=False, state_dtype=None, master_weights=False,
-                 stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: Real = 1e-4, betas: tuple[Real, Real] = (0.9, 0.99),
+                 weight_decay: Real = 0.0, *, maximize: bool = False,
+                 foreach: bool | None = None, fused: bool | None = None,
+                 capturable: bool = False, differentiable: bool = False,
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         name = type(self).__name__
         implementation_flags(name, foreach=foreach, fused=fused, capturable=capturable,
                              differentiable=differentiable)
