@@ -113,8 +113,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         offset = 0
         for group, params, storages in work:
             lr = as_float(f"{name}.step", "lr", group["lr"])
-            for key, members in self._buckets(group, params, storages).items():
-                states = [self.state[p] for p in members]
+            for key, (members, states) in self._buckets(group, params, storages).items():
                 rule, hyper = self._rule_hyper(group, states[0])
                 sign = -1.0 if group.get("maximize", False) else 1.0
                 hyper = _checks.hyperparameters(f"{name}.step", rule.hyper,
@@ -175,18 +174,24 @@ class FusedOptimizer(torch.optim.Optimizer):
         return storage
 
     def _buckets(self, group: dict, params: list, storages: list) -> dict:
-        """Lazily made state, then the params grouped by what one launch must share."""
-        fresh = [p for p in params if len(self.state[p]) == 0]
-        for p in fresh:
+        """Lazily made state, then ``{key: (params, their states)}``: the params grouped by
+        what one launch must share (each state looked up once: a tensor's hash is Python)."""
+        all_states = [self.state[p] for p in params]
+        fresh = [(p, s) for p, s in zip(params, all_states, strict=True) if not s]
+        for p, _ in fresh:
             self._init_state(group, p)
         if fresh:
-            _pack_steps([self.state[p] for p in fresh])
-        steps = _read([self.state[p]["step"] for p in params])
-        buckets: dict[tuple, list] = {}
-        for p, storage, step in zip(params, storages, steps, strict=True):
-            key = (p.device, storage, self._state_storage(group, storage),
-                   "master" in self.state[p], int(step))
-            buckets.setdefault(key, []).append(p)
+            _pack_steps([s for _, s in fresh])
+        steps = _read([s["step"] for s in all_states])
+        state_storage = {s: self._state_storage(group, s) for s in set(storages)}
+        buckets: dict[tuple, tuple[list, list]] = {}
+        for p, state, storage, step in zip(params, all_states, storages, steps, strict=True):
+            key = (p.device, storage, state_storage[storage], "master" in state, int(step))
+            found = buckets.get(key)
+            if found is None:
+                buckets[key] = found = ([], [])
+            found[0].append(p)
+            found[1].append(state)
         return buckets
 
     def _init_state(self, group: dict, p: torch.Tensor) -> None:
