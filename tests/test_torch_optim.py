@@ -232,3 +232,35 @@ def test_closure_hooks_zero_grad_and_tensor_lr():
     assert calls == ["post", "post"] and second < first
     opt.zero_grad()
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_state_that_does_not_fit_its_parameter_is_refused_before_any_write():
+    """State is the caller's too: another size (a checkpoint of another model), another
+    dtype than the rest, or a changed state_dtype must not send the kernel past memory."""
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(6))
+    opt = fot.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(6)
+    opt.step()
+    before = a.detach().clone(), b.detach().clone()
+    opt.state[b]["exp_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"state\['exp_avg'\] of parameter 1 .*nothing was"):
+        opt.step()
+    opt.state[b]["exp_avg"] = torch.zeros(6, dtype=torch.bfloat16)  # its exp_avg_sq: float32
+    with pytest.raises(ValueError, match=r"state\['exp_avg_sq'\] of parameter 1 .* while the "
+                                         r"rest of its state is torch.bfloat16"):
+        opt.step()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+    opt.state[b]["exp_avg"] = torch.zeros(6)
+    opt.param_groups[0]["state_dtype"] = "bfloat16"  # the tensors say float32: they win
+    opt.step()
+    assert opt.state[a]["exp_avg"].dtype == torch.float32
+
+
+def test_switching_momentum_on_makes_its_buffer():
+    p = torch.nn.Parameter(torch.ones(5))
+    opt = fot.SGD([p], lr=0.1)
+    p.grad = torch.ones(5)
+    opt.step()
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.step()
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.ones(5))

@@ -182,17 +182,65 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._init_state(group, p)
         if fresh:
             _pack_steps([s for _, s in fresh])
+        state_storages = self._checked_states(group, params, all_states, storages)
         steps = _read([s["step"] for s in all_states])
-        state_storage = {s: self._state_storage(group, s) for s in set(storages)}
         buckets: dict[tuple, tuple[list, list]] = {}
-        for p, state, storage, step in zip(params, all_states, storages, steps, strict=True):
-            key = (p.device, storage, state_storage[storage], "master" in state, int(step))
+        for p, state, storage, state_storage, step in zip(params, all_states, storages,
+                                                           state_storages, steps, strict=True):
+            key = (p.device, storage, state_storage, "master" in state, int(step))
             found = buckets.get(key)
             if found is None:
                 buckets[key] = found = ([], [])
             found[0].append(p)
             found[1].append(state)
         return buckets
+
+    def _checked_states(self, group: dict, params: list, states: list,
+                        storages: list) -> list[str]:
+        """Each parameter's state storage, read from its state tensors, which must fit it.
+
+        The state is the caller's too (``opt.state[p]["exp_avg"] = ...``, a checkpoint of
+        other shapes, a changed ``state_dtype``): a tensor of another size, device, layout
+        or dtype would send the kernel past its memory, so it is refused, naming it, before
+        anything is written. A key the group's settings now need (momentum switched on) is
+        made, as zeros.
+        """
+        keys = self._state_keys(group)
+        out = []
+        for k, (p, state, storage) in enumerate(zip(params, states, storages, strict=True)):
+            n, device, dtype = p.numel(), p.device, None
+            step = state.get("step")
+            if not isinstance(step, torch.Tensor):
+                state["step"] = torch.tensor(float(step or 0), dtype=torch.float32)
+            for key in keys:
+                t = state.get(key)
+                if t is None:
+                    t = state[key] = torch.zeros_like(
+                        p, dtype=STATE_DTYPES.get(group["state_dtype"], p.dtype),
+                        memory_format=torch.contiguous_format)
+                if not (isinstance(t, torch.Tensor) and t.device == device and t.numel() == n
+                        and t.is_contiguous() and t.dtype in STORAGE
+                        and (dtype is None or t.dtype == dtype)):
+                    self._refuse_state(k, p, key, t, dtype)
+                dtype = t.dtype
+            master = state.get("master")
+            if master is not None and not (
+                    isinstance(master, torch.Tensor) and master.dtype == torch.float32
+                    and master.device == device and master.numel() == n
+                    and master.is_contiguous()):
+                self._refuse_state(k, p, "master", master)
+            out.append(storage if dtype is None else STORAGE[dtype])
+        return out
+
+    def _refuse_state(self, k: int, p: torch.Tensor, key: str, t, other=None) -> None:
+        what = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                else type(t).__name__)
+        if other is not None and isinstance(t, torch.Tensor) and t.dtype != other:
+            what += f" while the rest of its state is {other}"
+        raise ValueError(f"{type(self).__name__}.step: state[{key!r}] of parameter {k} "
+                         f"({p.dtype} {tuple(p.shape)} on {p.device}) is {what}; it must be a "
+                         "contiguous tensor of the parameter's size on its device (float32 for "
+                         "the master copy, one dtype for all its state); nothing was updated")
 
     def _init_state(self, group: dict, p: torch.Tensor) -> None:
         state = self.state[p]
