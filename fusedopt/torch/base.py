@@ -31,12 +31,9 @@ from fusedopt.backends import numba_cpu
 from fusedopt.backends.base import ScalarRangeError
 from fusedopt.kernels.dtypes import homogeneous, signature
 from fusedopt.kernels.registry import Rule
+from fusedopt.torch import checks, steps
+from fusedopt.torch.dtypes import LOW, STATE_DTYPES, STORAGE
 
-#: torch dtype -> fusedopt storage name
-STORAGE = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
-           torch.float16: "float16"}
-STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-LOW = ("bfloat16", "float16")
 #: the keys fusedopt adds to torch's param groups
 PRECISION_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
 
@@ -126,44 +123,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                                            tuple(offsets)))
         for run, group, members, states, step in launches:  # nothing was written before
             run()
-            _advance([s["step"] for s in states])
+            steps.advance([s["step"] for s in states])
             self._after_step(group, members, states, step + 1)
         return loss
 
     def _checked(self, name: str, gi: int, group: dict, params: list) -> list[str]:
-        """Each parameter's storage name; the first bad parameter or gradient raises, naming
-        it (the common case does no string work: a step checks every tensor)."""
-        storages = []
-        for k, p in enumerate(params):
-            g = p.grad
-            storage = STORAGE.get(p.dtype)
-            if (storage is None or g.dtype != p.dtype or g.is_sparse or g.shape != p.shape
-                    or g.device != p.device or not p.is_contiguous()
-                    or not g.is_contiguous() or p.device.type not in ("cpu", "cuda")):
-                self._refuse(name, gi, k, p, g)
-            storages.append(storage)
-        return storages
-
-    @staticmethod
-    def _refuse(name: str, gi: int, k: int, p: torch.Tensor, g: torch.Tensor) -> None:
-        where = f"{name}.step: group {gi} parameter {k} {tuple(p.shape)}"
-        if g.is_sparse:
-            raise RuntimeError(f"{where}: {name} does not support sparse gradients")
-        if p.dtype not in STORAGE:
-            raise TypeError(f"{where}: dtype {p.dtype} is not supported; use float32, "
-                            "float64, bfloat16 or float16")
-        if g.dtype != p.dtype:
-            raise TypeError(f"{where}: its gradient is {g.dtype}; give it the parameter's "
-                            f"dtype {p.dtype}")
-        if g.device != p.device or g.shape != p.shape:
-            raise ValueError(f"{where}: its gradient is {tuple(g.shape)} on {g.device}; it "
-                             f"must match the parameter ({tuple(p.shape)} on {p.device})")
-        if p.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{where}: device {p.device} is not supported; use the CPU or "
-                             "a CUDA device")
-        raise ValueError(f"{where}: the parameter and its gradient must be contiguous "
-                         "(the update walks flat memory); make the parameter .contiguous() "
-                         "before building the optimizer")
+        return checks.params(name, gi, params)
 
     def _state_storage(self, group: dict, storage: str) -> str:
         if storage == "float64":
@@ -181,12 +146,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         for p, _ in fresh:
             self._init_state(group, p)
         if fresh:
-            _pack_steps([s for _, s in fresh])
+            steps.pack([s for _, s in fresh])
         state_storages = self._checked_states(group, params, all_states, storages)
-        steps = _read([s["step"] for s in all_states])
+        counts = steps.read([s["step"] for s in all_states])
         buckets: dict[tuple, tuple[list, list]] = {}
         for p, state, storage, state_storage, step in zip(params, all_states, storages,
-                                                           state_storages, steps, strict=True):
+                                                           state_storages, counts, strict=True):
             key = (p.device, storage, state_storage, "master" in state, int(step))
             found = buckets.get(key)
             if found is None:
@@ -197,50 +162,10 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _checked_states(self, group: dict, params: list, states: list,
                         storages: list) -> list[str]:
-        """Each parameter's state storage, read from its state tensors, which must fit it.
-
-        The state is the caller's too (``opt.state[p]["exp_avg"] = ...``, a checkpoint of
-        other shapes, a changed ``state_dtype``): a tensor of another size, device, layout
-        or dtype would send the kernel past its memory, so it is refused, naming it, before
-        anything is written. A key the group's settings now need (momentum switched on) is
-        made, as zeros.
-        """
-        keys = self._state_keys(group)
-        out = []
-        for k, (p, state, storage) in enumerate(zip(params, states, storages, strict=True)):
-            n, device, dtype = p.numel(), p.device, None
-            step = state.get("step")
-            if not isinstance(step, torch.Tensor):
-                state["step"] = torch.tensor(float(step or 0), dtype=torch.float32)
-            for key in keys:
-                t = state.get(key)
-                if t is None:
-                    t = state[key] = torch.zeros_like(
-                        p, dtype=STATE_DTYPES.get(group["state_dtype"], p.dtype),
-                        memory_format=torch.contiguous_format)
-                if not (isinstance(t, torch.Tensor) and t.device == device and t.numel() == n
-                        and t.is_contiguous() and t.dtype in STORAGE
-                        and (dtype is None or t.dtype == dtype)):
-                    self._refuse_state(k, p, key, t, dtype)
-                dtype = t.dtype
-            master = state.get("master")
-            if master is not None and not (
-                    isinstance(master, torch.Tensor) and master.dtype == torch.float32
-                    and master.device == device and master.numel() == n
-                    and master.is_contiguous()):
-                self._refuse_state(k, p, "master", master)
-            out.append(storage if dtype is None else STORAGE[dtype])
-        return out
-
-    def _refuse_state(self, k: int, p: torch.Tensor, key: str, t, other=None) -> None:
-        what = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
-                else type(t).__name__)
-        if other is not None and isinstance(t, torch.Tensor) and t.dtype != other:
-            what += f" while the rest of its state is {other}"
-        raise ValueError(f"{type(self).__name__}.step: state[{key!r}] of parameter {k} "
-                         f"({p.dtype} {tuple(p.shape)} on {p.device}) is {what}; it must be a "
-                         "contiguous tensor of the parameter's size on its device (float32 for "
-                         "the master copy, one dtype for all its state); nothing was updated")
+        """Each parameter's state storage, from its state tensors (see
+        :func:`fusedopt.torch.checks.states`)."""
+        return checks.states(type(self).__name__, self._state_keys(group),
+                             group["state_dtype"], params, states, storages)
 
     def _init_state(self, group: dict, p: torch.Tensor) -> None:
         state = self.state[p]
@@ -337,7 +262,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             states = [self.state[p] for p in group["params"] if self.state.get(p)]
             if states:
-                _pack_steps(states)
+                steps.pack(states)
 
     def _restore(self, group: dict, p: torch.Tensor, state: dict, saved: dict) -> None:
         step = saved.get("step")
@@ -365,40 +290,6 @@ def _cuda_backend():
     from fusedopt.backends import cupy_cuda
 
     return cupy_cuda
-
-
-def _pack_steps(states: list[dict]) -> None:
-    """Make the states' steps 0-d views into one float32 tensor (their values kept)."""
-    values = _read([s["step"] for s in states])
-    shared = torch.tensor(values, dtype=torch.float32)
-    for k, state in enumerate(states):
-        state["step"] = shared[k]
-
-
-def _shared(steps: list[torch.Tensor]) -> torch.Tensor | None:
-    """The one tensor all ``steps`` are views of, each of one element of it, or None."""
-    base = steps[0]._base if steps else None
-    if base is None or base.numel() != len(steps) or base.dim() != 1:
-        return None
-    if any(s._base is not base for s in steps):
-        return None
-    return base
-
-
-def _read(steps: list[torch.Tensor]) -> list[float]:
-    base = _shared(steps)
-    if base is not None:
-        by_offset = base.tolist()
-        return [by_offset[s.storage_offset() - base.storage_offset()] for s in steps]
-    return [float(s) for s in steps]
-
-
-def _advance(steps: list[torch.Tensor]) -> None:
-    base = _shared(steps)
-    if base is not None:
-        base.add_(1.0)
-    else:
-        torch._foreach_add_(steps, 1.0)
 
 
 def as_float(name: str, what: str, value) -> float:
