@@ -114,3 +114,21 @@ def test_shared_memory_is_refused_before_the_launch(host_cupy):
         cupy_cuda.launch_many(rule, rows, cupy_cuda.prepare(
             rule, hyper_of(rule), homogeneous(rule.arrays, "float32")))
     assert HostRawKernel.launches == []
+
+
+def test_the_gpu_fast_path_still_refuses_overlap_and_mismatch(host_cupy):
+    """fo.<rule>_ on plain CuPy arrays takes a fast path (one address per array); it must
+    name what the full checks name, before any write."""
+    buffer = host_cupy.zeros(20, np.float32)
+    param, grad = buffer[:10], host_cupy.zeros(10, np.float32)
+    exp_avg, exp_avg_sq = buffer[5:15], host_cupy.zeros(10, np.float32)
+    with pytest.raises(ValueError, match="param and exp_avg share memory"):
+        fo.adam_(param, grad, exp_avg, exp_avg_sq, step=1)
+    with pytest.raises(TypeError):  # float64 state with float32 parameters: the full checks
+        fo.adam_(param, grad, host_cupy.zeros(10, np.float64), exp_avg_sq, step=1)
+    with pytest.raises(ValueError, match="shape"):
+        fo.adam_(param, grad, host_cupy.zeros(11, np.float32), exp_avg_sq, step=1)
+    assert not np.asarray(buffer).any()
+    arrays = [host_cupy.asarray(np.full(10, v, np.float32)) for v in (1.0, 0.5, 0.0, 0.0)]
+    fo.adam_(*arrays, step=1, lr=0.1)
+    np.testing.assert_allclose(np.asarray(arrays[0]), 0.9, rtol=1e-6)  # lr * m/sqrt(v) = lr

@@ -185,10 +185,25 @@ def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) ->
                 arrays_list[0][0].device.id)
 
 
+_PREPARED: dict[tuple, tuple] = {}
+
+
 def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
            rounding: tuple[int, int] | None = None, offset: int = 0) -> None:
-    """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream."""
-    launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
+    """Launch ``rule`` over ``arrays`` (checked CuPy arrays) on the current stream; the
+    scalars of the last few hyperparameter sets are kept (a trainer's per-tensor calls of
+    one step share them)."""
+    if rounding is not None:
+        launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
+        return
+    key = (id(rule), signature, *hyper.items())
+    found = _PREPARED.get(key)
+    if found is None or found[0] is not rule:
+        found = (rule, prepare(rule, hyper, signature))
+        if len(_PREPARED) >= config.PREPARED_CACHE:
+            _PREPARED.clear()
+        _PREPARED[key] = found
+    launch(rule, arrays, found[1], offset)
 
 
 @cache
