@@ -57,6 +57,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from fusedopt.cli_bench import bench_precision
 
         return bench_precision(args)
+    if args.per_call:
+        from fusedopt.cli_bench import bench_per_call
+
+        return bench_per_call(args)
     if args.backend == "cupy":
         from fusedopt.cli_bench import bench_gpu
 
@@ -259,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "device copy and torch fused; with --model, Adam over GPT-2 small's "
                         "148 tensors: arena, list, fusedopt.torch, torch fused; with "
                         "--precision, the recipes at 2^28 on torch CUDA tensors)")
+    b.add_argument("--per-call", action="store_true",
+                   help="instead: what one fo.<rule>_ call on 4096 elements (or --sizes) costs "
+                        "against its kernel called directly (adam and sgd, or --rules; with "
+                        "--backend cupy, host time per call on the GPU)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=cmd_bench)
 

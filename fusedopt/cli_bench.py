@@ -67,3 +67,22 @@ def bench_precision(args: argparse.Namespace) -> int:
           "recipe's time / this time (medians, one run).")
     return 0
 
+
+
+def bench_per_call(args: argparse.Namespace) -> int:
+    """``fusedopt bench --per-call``: :mod:`fusedopt.bench_overhead`."""
+    from fusedopt import bench_overhead
+    from fusedopt.bench import bench_rules
+
+    rules = ["adam", "sgd"] if args.rules == list(bench_rules()) else args.rules
+    sizes = [4096] if args.sizes == list(config.BENCH_SIZES) else args.sizes
+    rows = [row for n in sizes for row in bench_overhead.measure(
+        rules, n, args.backend, min_repeats=args.repeats, min_seconds=args.seconds)]
+    if args.json:
+        json.dump({"fusedopt": __version__, "per_call": rows}, sys.stdout, indent=2)
+        print()
+    else:
+        print(bench_overhead.format_table(rows))
+        print("\nfo.<rule>_: the whole call (checks, scalars, launch); kernel: the compiled "
+              "kernel called directly with prepared scalars; x kernel: their ratio.")
+    return 0

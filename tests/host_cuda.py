@@ -275,6 +275,7 @@ def fake_cupy(library) -> types.ModuleType:
         Device=_Device,
         Event=_Event,
         get_elapsed_time=lambda start, end: (end.time - start.time) * 1e3,
+        get_current_stream=lambda: SimpleNamespace(synchronize=lambda: None),
         runtime=SimpleNamespace(
             getDeviceCount=lambda: 1,
             getDeviceProperties=lambda i: {"multiProcessorCount": 2,

@@ -7,6 +7,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -78,3 +80,17 @@ def test_the_gpu_check_script_fits_its_budget():
     assert budget < 240, budget
     files = set(re.findall(r'\$out/([\w.]+)', script))
     assert len(files) <= 7, files
+
+
+def test_per_call_benchmark_on_the_cpu_and_the_host_emulated_gpu(host_cupy, capsys):
+    """``fusedopt bench --per-call``: a whole call against its kernel called directly; the
+    call cannot be cheaper than the kernel it launches (same rounds, medians)."""
+    from fusedopt import cli
+
+    for backend in ("numba", "cupy"):
+        assert cli.main(["bench", "--per-call", "--backend", backend, "--rules", "adam",
+                         "--repeats", "3", "--seconds", "0", "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["per_call"]
+        assert row["backend"] == backend and row["n"] == 4096
+        assert row["call_us"] > 0 and row["kernel_us"] > 0
+        assert row["x_kernel"] == pytest.approx(row["call_us"] / row["kernel_us"])
