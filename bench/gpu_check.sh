@@ -5,9 +5,9 @@
 #   bash bench/gpu_check.sh OUT_DIR      (default: $OUT, else ./gpu_out)
 #   PYTHON=python3.12 bash bench/gpu_check.sh ...   (the interpreter; default python3)
 #
-# Writes into OUT_DIR (6 files): info.txt, pytest.txt, gpu_model.json, gpu_bench.json,
-# gpu_bench.txt, gpu_bench.err; prints the benchmark tables last.
-# Budget: under 4 minutes in all (every step has its timeout: 10 + 20 + 90 + 40 + 70 + 5 s).
+# Writes into OUT_DIR (7 files): info.txt, pytest.txt, gpu_model.json, gpu_per_call.json,
+# gpu_bench.json, gpu_bench.txt, gpu_bench.err; prints the benchmark tables last.
+# Budget: under 4 minutes in all (every step has its timeout: 10+20+90+40+10+60+5 s).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu_out}}
@@ -33,7 +33,11 @@ tail -n 8 "$out/pytest.txt"
 timeout 40 "$py" -m fusedopt bench --backend cupy --model --json --repeats 10 \
   > "$out/gpu_model.json" 2>> "$out/gpu_bench.err" || status=1
 
-timeout 70 "$py" bench/gpu_bench.py --out "$out" --sizes 24,28 --repeats 10 --precision \
+# One 4096-element fo.<rule>_ against its RawKernel launched directly (host time per call).
+timeout 10 "$py" -m fusedopt bench --per-call --backend cupy --json --seconds 0.2 \
+  > "$out/gpu_per_call.json" 2>> "$out/gpu_bench.err" || status=1
+
+timeout 60 "$py" bench/gpu_bench.py --out "$out" --sizes 24,28 --repeats 10 --precision \
   > "$out/gpu_bench.txt" 2>> "$out/gpu_bench.err" || status=1
 tail -n 3 "$out/gpu_bench.err"
 cat "$out/gpu_bench.txt"
