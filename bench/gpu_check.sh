@@ -24,7 +24,7 @@ cat "$out/info.txt"
 # The tests that need the device: every rule x dtype x size against the oracle on the GPU,
 # streams, DLPack with torch, the arena optimizer and checkpoints, the measured plan,
 # 16-bit storage, fusedopt.torch on CUDA tensors; then the CuPy path of the optimizers.
-timeout 90 "$py" -m pytest -q -x -p no:cacheprovider tests/test_gpu.py \
+timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
   tests/test_gpu_torch.py tests/test_gpu_precision.py tests/test_gpu_measured_plan.py \
   tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
 tail -n 8 "$out/pytest.txt"
