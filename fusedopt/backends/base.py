@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fusedopt import config
 from fusedopt.kernels.dtypes import Signature
 from fusedopt.kernels.registry import Rule, ScalarRangeError
 
@@ -150,3 +151,17 @@ def clip_scale(max_norm: float, sums) -> float:
     if math.isfinite(norm):
         return max_norm / (norm + 1e-6)
     return max_norm * (NORM_SBIG / math.sqrt(sums[0]))
+
+
+def remembered(cache: dict, prepare, rule: Rule, hyper: dict, signature: Signature):
+    """``prepare(rule, hyper, signature)``, kept in ``cache`` for the last few sets
+    (``config.PREPARED_CACHE``): a trainer calls ``fo.<rule>_`` once per tensor with the
+    same hyperparameters, and only the first call of a step needs the host arithmetic."""
+    key = (id(rule), signature, *hyper.items())
+    found = cache.get(key)
+    if found is None or found[0] is not rule:  # (a rule registered again under a new id)
+        found = (rule, prepare(rule, hyper, signature))
+        if len(cache) >= config.PREPARED_CACHE:
+            cache.clear()
+        cache[key] = found
+    return found[1]

@@ -23,6 +23,7 @@ from fusedopt.backends.base import (
     NORM_TBIG,
     NORM_TSML,
     host_scalars,
+    remembered,
     rounding_words,
 )
 from fusedopt.backends.cuda_codegen import (
@@ -196,14 +197,7 @@ def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
     if rounding is not None:
         launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
         return
-    key = (id(rule), signature, *hyper.items())
-    found = _PREPARED.get(key)
-    if found is None or found[0] is not rule:
-        found = (rule, prepare(rule, hyper, signature))
-        if len(_PREPARED) >= config.PREPARED_CACHE:
-            _PREPARED.clear()
-        _PREPARED[key] = found
-    launch(rule, arrays, found[1], offset)
+    launch(rule, arrays, remembered(_PREPARED, prepare, rule, hyper, signature), offset)
 
 
 @cache

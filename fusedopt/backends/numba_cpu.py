@@ -21,7 +21,7 @@ import numpy as np
 
 from fusedopt import config
 from fusedopt.backends import multi_tensor, numba_cache, numba_threads
-from fusedopt.backends.base import host_scalars, overlap_error, rounding_words
+from fusedopt.backends.base import host_scalars, overlap_error, remembered, rounding_words
 from fusedopt.backends.numba_codegen import (
     HEADER,
     driver_name,
@@ -124,17 +124,18 @@ def _module_with(rule: Rule, signature: Signature) -> ModuleType:
     return _EXTRA[key]
 
 
-_DRIVERS: dict[tuple[str, Signature], tuple] = {}
+_DRIVERS: dict[tuple[str, Signature, str], tuple] = {}
 
 
-def _drivers_for(rule: Rule, signature: Signature) -> tuple:
-    """(serial, parallel) drivers of ``rule`` for ``signature``, memoised."""
-    key = (rule.name, signature)
+def _drivers_for(rule: Rule, signature: Signature, prefix: str = "") -> tuple:
+    """(serial, parallel) drivers of ``rule`` for ``signature``, memoised; ``prefix``
+    ``"multi_"`` gives the multi-tensor pair."""
+    key = (rule.name, signature, prefix)
     found = _DRIVERS.get(key)
     if found is None:
         module = _module_with(rule, signature)
-        found = (getattr(module, driver_name(rule, signature, "serial")),
-                 getattr(module, driver_name(rule, signature, "parallel")))
+        found = (getattr(module, driver_name(rule, signature, prefix + "serial")),
+                 getattr(module, driver_name(rule, signature, prefix + "parallel")))
         _DRIVERS[key] = found
     return found
 
@@ -192,20 +193,6 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
         raise overlap_error(rule.name + "_", *overlap_pairs(rule, signature)[code - 1])
 
 
-_MULTI: dict[tuple[str, Signature], tuple] = {}
-
-
-def _multi_for(rule: Rule, signature: Signature) -> tuple:
-    key = (rule.name, signature)
-    found = _MULTI.get(key)
-    if found is None:
-        module = _module_with(rule, signature)
-        found = (getattr(module, driver_name(rule, signature, "multi_serial")),
-                 getattr(module, driver_name(rule, signature, "multi_parallel")))
-        _MULTI[key] = found
-    return found
-
-
 def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) -> None:
     """Run ``rule`` in place over every tuple of ``arrays_list`` (one per tensor, each as
     :func:`launch` takes it) in one compiled call; ``offsets`` are each tensor's first
@@ -236,7 +223,7 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
                                               _threads() if parallel else 1)
     if not total:
         return
-    drivers = _multi_for(rule, signature)
+    drivers = _drivers_for(rule, signature, "multi_")
     if parallel:
         call(drivers[1], table, chunks, scalars, *keys, parallel=True)
     else:
@@ -263,14 +250,7 @@ def update(rule: Rule, arrays: tuple, hyper: dict, signature: Signature,
     if rounding is not None:
         launch(rule, arrays, prepare(rule, hyper, signature, rounding), offset)
         return
-    key = (id(rule), signature, *hyper.items())
-    found = _PREPARED.get(key)
-    if found is None or found[0] is not rule:  # (a rule registered again under a new id)
-        found = (rule, prepare(rule, hyper, signature))
-        if len(_PREPARED) >= config.PREPARED_CACHE:
-            _PREPARED.clear()
-        _PREPARED[key] = found
-    launch(rule, arrays, found[1], offset)
+    launch(rule, arrays, remembered(_PREPARED, prepare, rule, hyper, signature), offset)
 
 
 def norm_sums(array, storage: str | None = None) -> tuple[float, float, float]:
