@@ -264,3 +264,18 @@ def test_switching_momentum_on_makes_its_buffer():
     opt.param_groups[0]["momentum"] = 0.9
     opt.step()
     torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.ones(5))
+
+
+def test_what_torch_allows_but_the_rule_cannot_take_is_refused_when_the_group_is_added():
+    """eps=0 divides 0 by 0 for a zero gradient in fusedopt's formulation; torch accepts it.
+    It is refused at construction (or add_param_group), naming it, not at the first step."""
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    torch.optim.Adam(params, eps=0.0)  # torch accepts it
+    with pytest.raises(ValueError, match=r"eps=0\.0 is out of range"):
+        fot.Adam(params, eps=0.0)
+    opt = fot.Adam(params, lr=1e-3)
+    with pytest.raises(ValueError, match=r"eps=0\.0"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "eps": 0.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.5})
+    assert opt.param_groups[1]["state_dtype"] is None and opt.param_groups[1]["lr"] == 0.5

@@ -84,6 +84,24 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _after_step(self, group: dict, params: list, states: list, step: int) -> None:
         """Per bucket, after its update (NAdam's ``mu_product``)."""
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, then the group's hyperparameters checked against the rule's ranges (a
+        group may override them): what fusedopt refuses where torch does not (``eps=0``,
+        which divides 0 by 0 for a zero gradient) is refused here, naming it, not at the
+        first step."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key in PRECISION_KEYS:
+            group.setdefault(key, self.defaults.get(key))
+        try:
+            rule, hyper = self._rule_hyper(group, {"step": torch.zeros(())})
+            lr = as_float(type(self).__name__, "lr", group["lr"])
+            _checks.hyperparameters(type(self).__name__, rule.hyper,
+                                    dict(hyper, lr=lr, grad_scale=1.0))
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
     # --------------------------------------------------------------- the step
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
