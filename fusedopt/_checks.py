@@ -78,13 +78,28 @@ def same_owner(a, b) -> bool:
     return _root(a) == _root(b)
 
 
-def no_alias(fname: str, written: list, written_names, read: list, read_names) -> None:
+def owners(arrays: list) -> dict[int, list[int]] | None:
+    """NumPy ``arrays``' indices grouped by the array that owns their memory (for
+    :func:`no_alias`, which an optimizer calls every step with the same written arrays);
+    None for CuPy arrays, which are compared by address."""
+    if not arrays or not isinstance(arrays[0], _NDARRAY):
+        return None
+    found: dict[int, list[int]] = {}
+    for i, a in enumerate(arrays):
+        found.setdefault(_root(a), []).append(i)
+    return found
+
+
+def no_alias(fname: str, written: list, written_names, read: list, read_names,
+             owned: dict[int, list[int]] | None = None) -> None:
     """Raise if any array of ``read`` shares memory with any array of ``written``.
 
     NumPy arrays are grouped by the array that owns their memory, and only views
     of one owner are compared (no address is read: fast for hundreds of tensors);
     CuPy arrays are compared by their device address ranges, sorted. The names are
-    lists, or callables returning them (built only for an error).
+    lists, or callables returning them (built only for an error). ``owned`` is
+    :func:`owners` of ``written``, when the caller keeps it (the written arrays' owners
+    stay alive with them, so their ids stay theirs).
     """
     if not written or not read:
         return
@@ -93,11 +108,10 @@ def no_alias(fname: str, written: list, written_names, read: list, read_names) -
     else:
         written_names_of, read_names_of = (lambda: written_names), (lambda: read_names)
     if isinstance(written[0], _NDARRAY):
-        owners: dict[int, list[int]] = {}
-        for i, a in enumerate(written):
-            owners.setdefault(_root(a), []).append(i)
+        if owned is None:
+            owned = owners(written)
         for j, r in enumerate(read):
-            for i in owners.get(_root(r), ()):
+            for i in owned.get(_root(r), ()):
                 if ranges_overlap(written[i], r):
                     raise ValueError(f"{fname}: {read_names_of()[j]} shares memory with "
                                      f"{written_names_of()[i]}, which the step writes; pass "

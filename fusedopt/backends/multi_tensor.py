@@ -11,6 +11,7 @@ training loop hands the same tensors every step.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -92,7 +93,7 @@ def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], row
         table[:, : len(names)] = rows
         table[:, len(names)] = offsets
     _check(fname, names, written, table, np.asarray(sizes, dtype=np.int64), itemsizes)
-    chunks = _chunks(sizes, threads)
+    chunks = _chunks_of(tuple(sizes), threads, config.MULTI_TENSOR_CHUNK)
     found = (table, chunks, int(sum(sizes)))
     with _lock:
         _tables[key] = found
@@ -101,26 +102,44 @@ def tables_of(fname: str, names: tuple[str, ...], written: tuple[bool, ...], row
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def _chunks_of(sizes: tuple, threads: int, step: int) -> np.ndarray:
+    """:func:`_chunks`, kept per model shape (new gradient addresses each step need a new
+    table, not new chunks). Shared: nothing writes it (left writeable, as a read-only
+    array would be a second compiled type for every driver)."""
+    return _chunks(sizes, threads)
+
+
 def _chunks(sizes, threads: int = 1) -> np.ndarray:
     """The pieces ``(tensor, start, stop)`` of at most ``config.MULTI_TENSOR_CHUNK`` elements.
 
-    For ``threads`` > 1 they are dealt into that many bins of equal work (largest first,
-    each to the lightest bin) and laid out bin after bin, each bin padded with empty
-    pieces to the same count: a parallel loop that splits its iterations into equal
-    contiguous blocks (Numba's static schedule) then gives every thread the same number
-    of elements, where the tensors' order (a large embedding first) would not.
+    For ``threads`` > 1 the model's elements, in order, are cut into that many runs of
+    equal length, and each run into pieces laid out one run after the other, each run
+    padded with empty pieces to the same count: a parallel loop that splits its
+    iterations into equal contiguous blocks (Numba's static schedule) then gives every
+    thread the same number of elements, as one contiguous stretch of each tensor after
+    another (as it would walk an arena), so the hardware prefetchers keep streaming.
     """
     step = config.MULTI_TENSOR_CHUNK
-    pieces = [(t, lo, min(lo + step, n)) for t, n in enumerate(sizes) for lo in range(0, n, step)]
-    if threads > 1 and len(pieces) > 1:
-        bins: list[list] = [[] for _ in range(threads)]
-        loads = [0] * threads
-        for piece in sorted(pieces, key=lambda p: p[1] - p[2]):  # largest first
-            k = loads.index(min(loads))
-            bins[k].append(piece)
-            loads[k] += piece[2] - piece[1]
-        width = max(len(b) for b in bins)
-        pieces = [piece for b in bins for piece in b + [(0, 0, 0)] * (width - len(b))]
+    total = int(sum(sizes))
+    if threads <= 1 or total <= step:
+        pieces = [(t, lo, min(lo + step, n)) for t, n in enumerate(sizes)
+                  for lo in range(0, n, step)]
+        return np.array(pieces, dtype=np.int64).reshape(-1, 3)
+    bins: list[list] = [[] for _ in range(threads)]
+    bounds = [total * (k + 1) // threads for k in range(threads)]  # each run's end
+    k, first = 0, 0  # the current run, and the model index of tensor t's first element
+    for t, n in enumerate(sizes):
+        lo = 0
+        while lo < n:
+            while first + lo >= bounds[k]:
+                k += 1
+            hi = min(n, lo + step, bounds[k] - first)
+            bins[k].append((t, lo, hi))
+            lo = hi
+        first += n
+    width = max(len(b) for b in bins)
+    pieces = [piece for b in bins for piece in b + [(0, 0, 0)] * (width - len(b))]
     return np.array(pieces, dtype=np.int64).reshape(-1, 3)
 
 

@@ -41,9 +41,9 @@ import numpy as np
 from fusedopt import _checks, backends
 from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
-from fusedopt.kernels.dtypes import LOW_PRECISION, STATE_DTYPES, homogeneous
-from fusedopt.kernels.dtypes import signature as dtype_signature
+from fusedopt.kernels.dtypes import STATE_DTYPES
 from fusedopt.kernels.registry import GRAD_SCALE, flag
+from fusedopt.optim import launches
 from fusedopt.optim.checkpoint import Checkpointing
 from fusedopt.optim.groups import ParamGroup, bits, checked_grad
 
@@ -143,6 +143,10 @@ class Optimizer(Checkpointing):
         self.backend = _checks.backend_for(name, kind, backend)
         self._impl = backends.get(self.backend)
         self._xp = np if kind == "numpy" else __import__("cupy")
+        self._layout: tuple | None = None  # the step's launches (optim.launches), kept
+        self._written: tuple | None = None  # the arrays a step writes, by owner, kept
+        self._seen = launches.SeenGrads()  # the last step's gradients, checked
+        self._generation: int | None = None  # the step's, where its gradients are seen
         self.step_count = 0
         self.epoch = 1
         self.skipped_steps = 0
@@ -231,6 +235,7 @@ class Optimizer(Checkpointing):
                 raise TypeError(f"{name}.step() needs grads: a sequence matching the "
                                 "parameters (only a ParamArena supplies its own)")
             out = [g.arena_grads() for g in self.groups]
+            self._generation = None
             self._grad_storage = [list(g.unit_storage) for g in self.groups]
             self._check_writeable(name)
             return out
@@ -243,6 +248,12 @@ class Optimizer(Checkpointing):
         if len(grads) != expected:
             raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
                              "parameters; pass one per parameter, in order")
+        key = launches.identity(self.groups)
+        if self._seen.matches(key, grads):
+            self._generation = self._seen.generation
+            self._check_writeable(name)
+            self._grad_storage = self._seen.storages
+            return launches.pairs(self.groups, grads)
         out, k, given, storages = [], 0, [], []
         for group in self.groups:
             if group.arena is not None:
@@ -260,16 +271,21 @@ class Optimizer(Checkpointing):
             out.append(pairs)
             storages.append(group_storages)
         self._check_writeable(name)
-        arrays = []
-        for group in self.groups:
-            for k, p in enumerate(group.unit_params):
-                arrays.append(p)
-                arrays.extend(group.state[k] if group.state is not None else ())
-                if group.master is not None and group.master[k] is not None:
-                    arrays.append(group.master[k])
-        _checks.no_alias(f"{name}.step", arrays, self._written_names, given,
-                         lambda: [f"grads[{k}]" for k in range(len(given))])
+        if self._written is None or not launches.same(self._written[0], key):
+            arrays = []
+            for group in self.groups:
+                for k, p in enumerate(group.unit_params):
+                    arrays.append(p)
+                    arrays.extend(group.state[k] if group.state is not None else ())
+                    if group.master is not None and group.master[k] is not None:
+                        arrays.append(group.master[k])
+            self._written = (key, arrays, _checks.owners(arrays))
+        _checks.no_alias(f"{name}.step", self._written[1], self._written_names, given,
+                         lambda: [f"grads[{k}]" for k in range(len(given))],
+                         owned=self._written[2])
         self._grad_storage = storages
+        self._seen.remember(key, grads, given, storages)
+        self._generation = self._seen.generation if self._seen.key is not None else None
         return out
 
     def _written_names(self) -> list[str]:
@@ -335,49 +351,31 @@ class Optimizer(Checkpointing):
         for group in self.groups:
             if group.state is None:
                 group.allocate(self._xp, self.state_dtype, self.master_weights)
+        key = (launches.identity(self.groups), self.stochastic_rounding)
+        grad_storage = [tuple(s) for s in self._grad_storage]
+        cached = self._layout
+        if (cached is None or not launches.same(cached[0][0], key[0]) or cached[0][1] != key[1]
+                or cached[1] != grad_storage):
+            cached = self._layout = (key, grad_storage,
+                                     launches.layout(self.groups, grad_storage,
+                                                     self.stochastic_rounding))
+        runs = cached[2]
         impl = self._impl
-        launches = []  # everything prepared before the first write
         rounding = (self.seed, t)
-        offset = 0
-        for group, pairs, lr, grad_storage in zip(self.groups, units, lrs, self._grad_storage,
-                                                  strict=True):
-            rule = group.rule
-            hyper = self._launch_hyper(group, lr, scale, t)
-            prepared = {}
-            for k, ((p, g), state) in enumerate(zip(pairs, group.state, strict=True)):
-                master = group.master[k] if group.master is not None else None
-                storage = (group.unit_storage[k], grad_storage[k],
-                           *(group.state_storage[k],) * len(state))
-                key = (storage, master is not None)
-                if key not in prepared:
-                    signature = (homogeneous(rule.arrays, p.dtype)
-                                 if master is None and len(set(storage)) == 1
-                                 and storage[0] not in LOW_PRECISION
-                                 else dtype_signature(rule.arrays, storage, writes=rule.writes,
-                                                      master=master is not None,
-                                                      stochastic=self.stochastic_rounding))
-                    try:
-                        prepared[key] = impl.prepare(rule, hyper, signature, rounding)
-                    except ScalarRangeError as exc:
-                        raise ValueError(f"{type(self).__name__}.step: {exc}") from None
-                arrays = (p, g, *state) + ((master,) if master is not None else ())
-                # stochastic rounding numbers the elements across the model: two tensors of
-                # one size never draw the same bits
-                same = launches[-1] if launches and launches[-1][2] is prepared[key] else None
-                if same is None:
-                    launches.append((rule, [arrays], prepared[key], [offset]))
-                else:
-                    same[1].append(arrays)
-                    same[3].append(offset)
-                offset += p.size
-        many = getattr(impl, "launch_many", None)
-        for rule, arrays_list, scalars, firsts in launches:
-            # a list of tensors is one compiled call where the backend has one
-            if many is not None and len(arrays_list) > 1:
-                many(rule, arrays_list, scalars, firsts)
-            else:
-                for arrays, first in zip(arrays_list, firsts, strict=True):
-                    impl.launch(rule, arrays, scalars, first)
+        hypers = [self._launch_hyper(group, lr, scale, t)
+                  for group, lr in zip(self.groups, lrs, strict=True)]
+        prepared: dict[tuple, tuple] = {}  # everything prepared before the first write
+        for run in runs:
+            if (run.group, run.key) not in prepared:
+                try:
+                    prepared[run.group, run.key] = impl.prepare(run.rule, hypers[run.group],
+                                                                run.signature, rounding)
+                except ScalarRangeError as exc:
+                    raise ValueError(f"{type(self).__name__}.step: {exc}") from None
+        device_id = None if self._xp is np else self.groups[0].unit_params[0].device.id
+        for run in runs:
+            launches.launch(impl, run, units[run.group], prepared[run.group, run.key],
+                            device_id, self._generation)
         self.step_count = t
         return True
 
