@@ -28,6 +28,7 @@ from fusedopt.kernels.registry import Hyper
 
 FLOAT_DTYPES = dtypes.PARAM_DTYPES
 _NDARRAY = np.ndarray
+_HOMOGENEOUS: dict = {}  # (rule arrays, dtype) -> Signature: the fast path's, one lookup
 
 __all__ = ["FLOAT_DTYPES", "array_kind", "arrays", "as_base_array", "backend_for", "beta",
            "count", "flag", "from_dlpack", "hyperparameters", "no_overlap_among",
@@ -148,11 +149,15 @@ def arrays(fname: str, names: tuple[str, ...], values: tuple, writes: tuple[str,
     the arrays. 16-bit arrays are returned as views of their bit patterns
     (``uint16``), as the kernels take them.
     """
-    if master is None and all(type(v) is _NDARRAY for v in values) \
-            and _plain_numpy_ok(values, names, writes):
+    if master is None and _plain_numpy_ok(values, names, writes):
+        if backend is None or backend == "numba":  # the Numba drivers check overlap, free
+            key = (names, values[0].dtype)
+            signature = _HOMOGENEOUS.get(key)
+            if signature is None:
+                signature = _HOMOGENEOUS[key] = dtypes.homogeneous(names, values[0].dtype)
+            return backends.get("numba"), values, signature
         backend = backend_for(fname, "numpy", backend)
-        if backend != "numba":  # the Numba drivers check overlap themselves, for free
-            _no_overlap(fname, names, values)
+        _no_overlap(fname, names, values)
         return backends.get(backend), values, dtypes.homogeneous(names, values[0].dtype)
     if master is None and _plain_cupy_ok(values):
         return _cupy_fast(fname, names, values, backend)
@@ -212,12 +217,16 @@ def _plain_numpy_ok(values, names, writes) -> bool:
     """True when NumPy arrays of one float dtype pass every check but overlap (the fast
     path, no messages)."""
     first = values[0]
+    if type(first) is not _NDARRAY:
+        return False
     dtype, shape = first.dtype, first.shape
     if dtype not in FLOAT_DTYPES:
         return False
     for name, value in zip(names, values, strict=True):
+        if type(value) is not _NDARRAY:
+            return False
         flags = value.flags
-        if (value.dtype != dtype or value.shape != shape or not flags.c_contiguous
+        if (value.dtype is not dtype or value.shape != shape or not flags.c_contiguous
                 or (not flags.writeable and name in writes)):
             return False
     return True

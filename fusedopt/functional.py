@@ -20,7 +20,7 @@ from numbers import Integral
 
 import numpy as np
 
-from fusedopt import _checks
+from fusedopt import _checks, config
 from fusedopt.backends.base import ScalarRangeError
 from fusedopt.kernels import VARIANTS, Hyper, Variant
 
@@ -99,26 +99,44 @@ def _factory_source(v: Variant) -> str:
     entries = [f"{h.name!r}: {h.name}" for h in v.hyper]
     entries += [f"{k!r}: {value!r}" for k, value in v.fixed.items()]
     if rule.needs_step:
-        body += "    step = _step(_F, step)\n"
+        body += ("    if not (type(step) is int and 0 < step <= 9007199254740992):\n"
+                 "        step = _step(_F, step)\n")
         entries.append("'step': step")
     else:  # only stochastic rounding reads it, but a bad one is refused all the same
-        body += "    if step is not None:\n        step = _step(_F, step)\n"
+        body += ("    if step is not None and not (type(step) is int\n"
+                 "                                 and 0 < step <= 9007199254740992):\n"
+                 "        step = _step(_F, step)\n")
     body += ("    if type(seed) is not int or not 0 <= seed < 18446744073709551616:\n"
              "        seed = _seed(_F, seed)\n")
     arrays = ", ".join(rule.arrays)
+    # The prepared scalars of the last few calls, by value: a trainer calls fo.<rule>_ once
+    # per tensor with the same hyperparameters, and only the first call of a step needs
+    # the host arithmetic. Each position of the key holds one checked type (float, bool,
+    # int), so equal keys mean equal hyperparameters.
+    key = ", ".join([h.name for h in v.hyper] + (["step"] if rule.needs_step else []))
     function = (f"def {fname}({', '.join(params)}) -> None:\n"
                 f"{body}"
-                f"    hyper = {{{', '.join(entries)}}}\n"
                 "    if master is None and stochastic_rounding is False:\n"
                 f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
                 "backend)\n"
-                "        rounding = None\n"
-                "    else:\n"
-                "        stochastic_rounding = _flag(_F, 'stochastic_rounding', "
-                "stochastic_rounding)\n"
-                f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
+                f"        key = (impl, signature, {key})\n"
+                "        prepared = _memo.get(key)\n"
+                "        if prepared is None:\n"
+                "            try:\n"
+                f"                prepared = impl.prepare(_RULE, {{{', '.join(entries)}}}, "
+                "signature)\n"
+                "            except _ScalarRangeError as exc:\n"
+                "                raise ValueError(f'{_F}: {exc}') from None\n"
+                "            if len(_memo) >= _MEMO_SIZE:\n"
+                "                _memo.clear()\n"
+                "            _memo[key] = prepared\n"
+                "        impl.launch(_RULE, arrays, prepared)\n"
+                "        return\n"
+                f"    hyper = {{{', '.join(entries)}}}\n"
+                "    stochastic_rounding = _flag(_F, 'stochastic_rounding', stochastic_rounding)\n"
+                f"    impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
                 "backend, master, stochastic_rounding)\n"
-                "        rounding = _rounding(_F, signature, seed, step, rounding_offset)\n"
+                "    rounding = _rounding(_F, signature, seed, step, rounding_offset)\n"
                 "    try:\n"
                 "        if rounding is None:\n"
                 "            impl.update(_RULE, arrays, hyper, signature)\n"
@@ -128,6 +146,7 @@ def _factory_source(v: Variant) -> str:
                 "    except _ScalarRangeError as exc:\n"
                 "        raise ValueError(f'{_F}: {exc}') from None\n")
     return (f"def _make_{fname}(_F, _NAMES, _WRITES, _RULE):\n"
+            "    _memo = {}\n"
             + textwrap.indent(function, "    ") + f"    return {fname}\n\n\n")
 
 
@@ -146,7 +165,8 @@ def _rounding(fname: str, signature, seed, step, offset) -> tuple[int, int, int]
     return seed, _checks.step(fname, step), int(offset)
 
 
-_HELPERS = {"_real": _checks.real, "_flag": _checks.flag, "_step": _checks.step,
+_HELPERS = {"_MEMO_SIZE": config.PREPARED_CACHE, "_real": _checks.real,
+            "_flag": _checks.flag, "_step": _checks.step,
             "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError,
             "_rounding": _rounding, "_seed": _checks.seed}
 

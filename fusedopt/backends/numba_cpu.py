@@ -184,8 +184,15 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
         words = keys[0].copy()
         words[0] = offset
         keys = (words,)
-    flat = [a if a.ndim == 1 else a.reshape(-1) for a in arrays]
-    if arrays[0].size >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only():
+    # the arrays share one shape (checked): flat views only where it is not flat already
+    first = arrays[0]
+    flat = arrays if first.ndim == 1 else [a.reshape(-1) for a in arrays]
+    if first.size < config.NUMBA_PARALLEL_MIN_SIZE:
+        try:  # the common small case, with no frame between it and the driver
+            code = serial(*flat, scalars, *keys)
+        except Exception:
+            code = call(serial, *flat, scalars, *keys)
+    elif not numba_threads.serial_only():
         code = call(parallel, *flat, scalars, *keys, parallel=True)
     else:
         code = call(serial, *flat, scalars, *keys)

@@ -106,6 +106,12 @@ class Signature:
         object.__setattr__(self, "storage", tuple(storage_name(d) or str(d)
                                                   for d in self.storage))
         object.__setattr__(self, "compute", np.dtype(self.compute))
+        # every update looks its scalars up by signature: hash it once, not per call
+        object.__setattr__(self, "_hash", hash((self.storage, self.compute, self.master,
+                                                self.stochastic)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def homogeneous(self) -> bool:
