@@ -80,8 +80,10 @@ PLANNER_GPU_OVERHEAD_BYTES: int = 256 * 2**20
 #: tracemalloc over the library's loop (Python 3.11, NumPy 2.4; 1 to 7 layers, every
 #: optimizer, both dtypes, b from 1 to 128) as about 12 KiB + 0.5 KiB per tensor + 48 B per
 #: tensor and state slot, and 8 KiB more with many mini-batches an epoch; within about
-#: 6 KiB, so the planner's promise for loops under 128 KiB is absolute (12 KiB).
-PLANNER_LOOP_OVERHEAD_BYTES: int = 12 * 1024
+#: 6 KiB, so the planner's promise for loops under 128 KiB is absolute (12 KiB). 2.5 KiB
+#: more since an optimizer keeps its step's launch layout and checked arrays
+#: (:mod:`fusedopt.optim.launches`), measured the same way.
+PLANNER_LOOP_OVERHEAD_BYTES: int = 14 * 1024 + 512
 PLANNER_TENSOR_OVERHEAD_BYTES: int = 512
 PLANNER_STATE_OVERHEAD_BYTES: int = 48
 #: ... and this much more when an epoch has eight mini-batches or more.

@@ -43,9 +43,9 @@ from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
 from fusedopt.kernels.dtypes import STATE_DTYPES
 from fusedopt.kernels.registry import GRAD_SCALE, flag
-from fusedopt.optim import launches
+from fusedopt.optim import launches, messages
 from fusedopt.optim.checkpoint import Checkpointing
-from fusedopt.optim.groups import ParamGroup, bits, checked_grad
+from fusedopt.optim.groups import ParamGroup, checked_grad
 
 _GROUP_KEYS = {"params", "schedule"}
 
@@ -69,6 +69,21 @@ class Optimizer(Checkpointing):
     """Base class: see the module docstring. Subclasses set ``variant``."""
 
     variant: ClassVar[Variant]
+    #: set by :mod:`fusedopt.optim.parallel`: the norm accumulators summed across ranks,
+    #: and each parameter's first element's index in the whole model
+    _reduce_totals: ClassVar[Callable[[list[float]], list[float]] | None] = None
+    _firsts: ClassVar[list[int] | None] = None
+
+    def __new__(cls, params=None, *args, comm=None, shard_state: bool = False, **kwargs):
+        """With ``comm`` (or ``shard_state=True``): a data-parallel or ZeRO-1 optimizer
+        (:class:`fusedopt.optim.parallel.ParallelOptimizer`) whose local update is this
+        class's."""
+        if comm is None and shard_state is False:
+            return super().__new__(cls)
+        from fusedopt.optim.parallel import ParallelOptimizer
+
+        return ParallelOptimizer(cls, params, *args, comm=comm, shard_state=shard_state,
+                                 **kwargs)
 
     @classmethod
     def hyper_specs(cls) -> tuple[Hyper, ...]:
@@ -84,8 +99,9 @@ class Optimizer(Checkpointing):
                  by: str = "epoch", max_grad_norm: float | None = None,
                  nonfinite: str | None = None, backend: str | None = None,
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, **hyper):
-        name = type(self).__name__
+                 stochastic_rounding: bool = False, seed: int = 0, comm=None,
+                 shard_state: bool = False, **hyper):
+        name = type(self).__name__  # (comm and shard_state are __new__'s)
         state_dtype = _state_dtype(name, state_dtype)
         master_weights = _checks.flag(name, "master_weights", master_weights)
         stochastic_rounding = _checks.flag(name, "stochastic_rounding", stochastic_rounding)
@@ -248,8 +264,7 @@ class Optimizer(Checkpointing):
         if len(grads) != expected:
             raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
                              "parameters; pass one per parameter, in order")
-        key = launches.identity(self.groups)
-        if self._seen.matches(key, grads):
+        if self._seen.matches(self.groups, grads):
             self._generation = self._seen.generation
             self._check_writeable(name)
             self._grad_storage = self._seen.storages
@@ -271,7 +286,7 @@ class Optimizer(Checkpointing):
             out.append(pairs)
             storages.append(group_storages)
         self._check_writeable(name)
-        if self._written is None or not launches.same(self._written[0], key):
+        if self._written is None or not launches.same(self._written[0], self.groups):
             arrays = []
             for group in self.groups:
                 for k, p in enumerate(group.unit_params):
@@ -279,28 +294,15 @@ class Optimizer(Checkpointing):
                     arrays.extend(group.state[k] if group.state is not None else ())
                     if group.master is not None and group.master[k] is not None:
                         arrays.append(group.master[k])
-            self._written = (key, arrays, _checks.owners(arrays))
-        _checks.no_alias(f"{name}.step", self._written[1], self._written_names, given,
+            self._written = (launches.identity(self.groups), arrays, _checks.owners(arrays))
+        _checks.no_alias(f"{name}.step", self._written[1],
+                         lambda: messages.written_names(self.groups), given,
                          lambda: [f"grads[{k}]" for k in range(len(given))],
                          owned=self._written[2])
         self._grad_storage = storages
-        self._seen.remember(key, grads, given, storages)
+        self._seen.remember(self.groups, grads, given, storages)
         self._generation = self._seen.generation if self._seen.key is not None else None
         return out
-
-    def _written_names(self) -> list[str]:
-        """The names of the arrays a step writes, in :meth:`_units`' order (for errors)."""
-        names = []
-        for gi, group in enumerate(self.groups):
-            where = "" if len(self.groups) == 1 else f"group {gi} "
-            for k in range(len(group.unit_params)):
-                names.append(f"{where}parameter {k}")
-                state = group.state[k] if group.state is not None else ()
-                names.extend(f"{where}{state_name} of parameter {k}"
-                             for state_name, _ in zip(group.state_names, state, strict=False))
-                if group.master is not None and group.master[k] is not None:
-                    names.append(f"{where}master copy of parameter {k}")
-        return names
 
     def _check_writeable(self, name: str) -> None:
         for gi, group in enumerate(self.groups):
@@ -311,14 +313,20 @@ class Optimizer(Checkpointing):
                     raise ValueError(f"{name}.step: {what} has become read-only; parameters "
                                      "are updated in place (make it writeable again)")
 
-    def step(self, grads=None) -> bool:
+    def step(self, grads=None, *, grad_scale: float = 1.0) -> bool:
         """One update of every parameter; returns False when a non-finite step was skipped.
 
         Args:
             grads: one gradient per parameter, in order (NumPy/CuPy arrays or DLPack
                 tensors); ``None`` when the parameters are ParamArenas, whose
                 ``arena.grads`` are used.
+            grad_scale: a factor :math:`s > 0` the update multiplies every gradient by,
+                inside the fused pass (an inverse loss scale; ``1/W`` to average W
+                summed gradients); clipping and the non-finite check see :math:`s g`.
         """
+        if grad_scale != 1.0 or type(grad_scale) is not float:
+            grad_scale = _checks.real(f"{type(self).__name__}.step", "grad_scale", grad_scale,
+                                      0.0, lo_open=True)
         units = self._units(grads)
         t = self.step_count + 1
         if t > _checks.MAX_COUNT:  # the checkpoint of a later step could not be loaded
@@ -333,13 +341,16 @@ class Optimizer(Checkpointing):
                     for pairs, group_storage in zip(units, self._grad_storage, strict=True)
                     for (_, g), storage in zip(pairs, group_storage, strict=True)]
             totals = [float(sum(s[k] for s in sums)) for k in range(3)]
-            norm = norm_from_sums(*totals)  # inf only for NaN/inf, or a norm beyond float64
+            if self._reduce_totals is not None:  # the other ranks' blocks (optim.parallel)
+                totals = self._reduce_totals(totals)
+            # inf only for NaN/inf, or a norm beyond float64
+            norm = norm_from_sums(*totals) * grad_scale
             self.last_grad_norm = norm
             # The scaled accumulators stay finite for any finite gradients: finiteness is read
             # from them, not from the norm (finite gradients can have a norm beyond float64).
             if not all(math.isfinite(x) for x in totals):
                 if self.nonfinite == "raise":
-                    raise FloatingPointError(self._nonfinite_message(units))
+                    raise FloatingPointError(messages.nonfinite(self, units))
                 if self.nonfinite == "skip":
                     self.skipped_steps += 1
                     warnings.warn(f"{type(self).__name__}: non-finite gradient, step "
@@ -347,22 +358,23 @@ class Optimizer(Checkpointing):
                                   RuntimeWarning, stacklevel=2)
                     return False
             elif self.max_grad_norm is not None and norm + 1e-6 > self.max_grad_norm:
-                scale = clip_scale(self.max_grad_norm, totals)
+                scale = (self.max_grad_norm / (norm + 1e-6) if math.isfinite(norm)
+                         else clip_scale(self.max_grad_norm, totals) / grad_scale)
         for group in self.groups:
             if group.state is None:
                 group.allocate(self._xp, self.state_dtype, self.master_weights)
-        key = (launches.identity(self.groups), self.stochastic_rounding)
-        grad_storage = [tuple(s) for s in self._grad_storage]
-        cached = self._layout
-        if (cached is None or not launches.same(cached[0][0], key[0]) or cached[0][1] != key[1]
-                or cached[1] != grad_storage):
-            cached = self._layout = (key, grad_storage,
-                                     launches.layout(self.groups, grad_storage,
-                                                     self.stochastic_rounding))
-        runs = cached[2]
+        cached = self._layout  # (identity, stochastic, gradient storages, runs)
+        if (cached is None or not launches.same(cached[0], self.groups)
+                or cached[1] != self.stochastic_rounding or cached[2] != self._grad_storage):
+            storages = [list(s) for s in self._grad_storage]
+            cached = self._layout = (launches.identity(self.groups), self.stochastic_rounding,
+                                     storages, launches.layout(self.groups, storages,
+                                                               self.stochastic_rounding,
+                                                               self._firsts))
+        runs = cached[3]
         impl = self._impl
         rounding = (self.seed, t)
-        hypers = [self._launch_hyper(group, lr, scale, t)
+        hypers = [self._launch_hyper(group, lr, scale * grad_scale, t)
                   for group, lr in zip(self.groups, lrs, strict=True)]
         prepared: dict[tuple, tuple] = {}  # everything prepared before the first write
         for run in runs:
@@ -378,19 +390,3 @@ class Optimizer(Checkpointing):
                             device_id, self._generation)
         self.step_count = t
         return True
-
-    def _nonfinite_message(self, units) -> str:
-        bad = []
-        for gi, (group, pairs) in enumerate(zip(self.groups, units, strict=True)):
-            if group.arena is not None:
-                grads = [bits(g, s) for g, s in zip(group.arena.grads, group.storage,
-                                                     strict=True)]
-                storages = group.storage
-            else:
-                grads, storages = [g for _, g in pairs], self._grad_storage[gi]
-            for k, (g, storage) in enumerate(zip(grads, storages, strict=True)):
-                if not all(math.isfinite(float(x)) for x in self._impl.norm_sums(g, storage)):
-                    bad.append(f"group {gi} tensor {k} {tuple(g.shape)}")
-        return (f"{type(self).__name__}: non-finite gradient at step {self.step_count + 1} in "
-                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was updated "
-                "(nonfinite='skip' skips such steps instead)")

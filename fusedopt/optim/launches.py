@@ -53,17 +53,25 @@ def identity(groups) -> tuple:
     return tuple((g, g.rule, g.state, g.master) for g in groups)
 
 
-def same(a: tuple, b: tuple) -> bool:
-    """Whether two :func:`identity` tuples name the very same objects."""
-    return len(a) == len(b) and all(x is y for pa, pb in zip(a, b, strict=True)
-                                    for x, y in zip(pa, pb, strict=True))
+def same(a: tuple, groups) -> bool:
+    """Whether an :func:`identity` tuple names ``groups`` as they are now (no allocation:
+    this runs every step)."""
+    if len(a) != len(groups):
+        return False
+    for (group, rule, state, master), g in zip(a, groups, strict=True):
+        if group is not g or rule is not g.rule or state is not g.state or master is not g.master:
+            return False
+    return True
 
 
-def layout(groups, grad_storages: list[list[str]], stochastic: bool) -> list[Run]:
+def layout(groups, grad_storages: list[list[str]], stochastic: bool,
+           firsts: list[int] | None = None) -> list[Run]:
     """The launches of a step over ``groups`` (state allocated), whose gradients are
-    stored as ``grad_storages[group][unit]``."""
+    stored as ``grad_storages[group][unit]``; ``firsts``: each unit's first element's
+    index in the model (default: the units laid end to end)."""
     runs: list[Run] = []
     offset = 0
+    unit = 0
     for gi, (group, grad_storage) in enumerate(zip(groups, grad_storages, strict=True)):
         rule = group.rule
         signatures: dict[tuple, Signature] = {}
@@ -87,8 +95,9 @@ def layout(groups, grad_storages: list[list[str]], stochastic: bool) -> list[Run
             run.statics.append(statics)
             run.rows.append(tuple(multi_tensor.address(a) for a in statics))
             run.sizes.append(p.size)
-            run.offsets.append(offset)
+            run.offsets.append(offset if firsts is None else firsts[unit])
             offset += p.size
+            unit += 1
     for run in runs:
         run.sizes = tuple(run.sizes)
         run.offsets = tuple(run.offsets)
@@ -135,12 +144,12 @@ class SeenGrads:
         self.refs: list = []
         self.storages: list | None = None
 
-    def matches(self, key: tuple, grads) -> bool:
+    def matches(self, groups, grads) -> bool:
         """Whether ``grads`` are the remembered gradients, for the same allocation."""
-        return (self.key is not None and len(grads) == len(self.refs) and same(self.key, key)
+        return (self.key is not None and len(grads) == len(self.refs) and same(self.key, groups)
                 and all(ref() is g for ref, g in zip(self.refs, grads, strict=True)))
 
-    def remember(self, key: tuple, grads, used: list, storages: list) -> None:
+    def remember(self, groups, grads, used: list, storages: list) -> None:
         """Remember ``grads`` if each was used as given (``used[k] is grads[k]``)."""
         self.key = None
         if len(used) == len(grads) and all(u is g for u, g in zip(used, grads, strict=True)):
@@ -148,7 +157,7 @@ class SeenGrads:
                 self.refs = [weakref.ref(g) for g in grads]
             except TypeError:
                 return
-            self.key, self.storages = key, storages
+            self.key, self.storages = identity(groups), storages
             self.generation += 1
 
 
