@@ -40,6 +40,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     mem = devices.cpu_memory()
     print(f"cpu memory: {_gib(mem.available_bytes)} available of {_gib(mem.total_bytes)} "
           f"(from {mem.source})")
+    from fusedopt import distributed
+
+    engines = distributed.available()
+    print("several processes: MPI " + ("available (mpi4py)" if engines["mpi"] else
+                                       "not installed (pip install 'fusedopt[mpi]')")
+          + ", NCCL " + ("available (CuPy + nvidia-nccl)" if engines["nccl"] else
+                         "not installed (pip install 'fusedopt[nccl]')")
+          + ("; started by an MPI launcher" if distributed.launched() else ""))
     found, why = devices.gpus()
     if not found:
         print(f"gpu: none ({why})")
@@ -57,6 +65,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from fusedopt.cli_bench import bench_precision
 
         return bench_precision(args)
+    if args.distributed:
+        from fusedopt.cli_bench import bench_distributed
+
+        return bench_distributed(args)
     if args.per_call:
         from fusedopt.cli_bench import bench_per_call
 
@@ -263,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "device copy and torch fused; with --model, Adam over GPT-2 small's "
                         "148 tensors: arena, list, fusedopt.torch, torch fused; with "
                         "--precision, the recipes at 2^28 on torch CUDA tensors)")
+    b.add_argument("--distributed", action="store_true",
+                   help="under mpiexec: data-parallel and ZeRO-1 steps against one process, "
+                        "with the bytes each rank sends and the state it holds")
     b.add_argument("--per-call", action="store_true",
                    help="instead: what one fo.<rule>_ call on 4096 elements (or --sizes) costs "
                         "against its kernel called directly (adam and sgd, or --rules; with "

@@ -86,3 +86,26 @@ def bench_per_call(args: argparse.Namespace) -> int:
         print("\nfo.<rule>_: the whole call (checks, scalars, launch); kernel: the compiled "
               "kernel called directly with prepared scalars; x kernel: their ratio.")
     return 0
+
+
+def bench_distributed(args: argparse.Namespace) -> int:
+    """``fusedopt bench --distributed`` (under mpiexec): :mod:`fusedopt.bench_distributed`."""
+    from fusedopt import bench_distributed, distributed
+
+    comm = distributed.init()
+    rows = bench_distributed.measure(comm, min_repeats=args.repeats)
+    if comm.rank != 0:
+        return 0
+    if args.json:
+        json.dump({"fusedopt": __version__, "world_size": comm.size, "distributed": rows},
+                  sys.stdout, indent=2)
+        print()
+    else:
+        print(f"Adam over 157 tensors, {rows[0]['parameters']:,} float32 parameters, "
+              f"{comm.size} rank(s)")
+        print(bench_distributed.format_table(rows))
+        print("\nsingle: one process; data-parallel: all-reduce, then every rank updates "
+              "everything; ZeRO-1: reduce-scatter, 1/W of the update, all-gather. sent/rank: "
+              "the ring algorithms' bytes; state/rank: optimizer state and summed-gradient "
+              "block held.")
+    return 0

@@ -240,7 +240,14 @@ def save(path: str | os.PathLike, opt) -> None:
     into place, so ``path`` never holds half a checkpoint; it gets the
     permissions any new file gets (the umask's).
     """
-    state = opt.state_dict()
+    if getattr(opt, "collective", False):  # a data-parallel or ZeRO-1 optimizer
+        opt.save(path)
+        return
+    write(path, opt.state_dict())
+
+
+def write(path: str | os.PathLike, state: dict) -> None:
+    """Write a state dict (as ``state_dict()`` returns it) to ``path`` (.npz), atomically."""
     arrays = {}
     meta = {k: v for k, v in state.items() if k != "groups"}
     meta["groups"] = []

@@ -32,6 +32,10 @@ _COMMON = [
     ("stochastic_rounding", "False", "round bfloat16/float16 stores stochastically (unbiased; "
                                      "the bits hash (seed, step, index, array), no RNG state)"),
     ("seed", "0", "the stochastic rounding's seed, an int in [0, 2**64)"),
+    ("comm", "None", "a communicator (fusedopt.distributed.init()): average the ranks' "
+                     "gradients, as data-parallel training does"),
+    ("shard_state", "False", "with a ParamArena: ZeRO-1, each rank holding 1/W of the state "
+                             "(and master copy); see fusedopt.optim.parallel"),
 ]
 _FORWARDED = ("schedule", "by", "max_grad_norm", "nonfinite", "backend", "state_dtype",
               "master_weights", "stochastic_rounding", "seed")
@@ -62,7 +66,8 @@ def _init_source(name: str, v: Variant, specs) -> str:
     params += ["schedule=None", "by: str = 'epoch'", "max_grad_norm: float | None = None",
                "nonfinite: str | None = None", "backend: str | None = None",
                "state_dtype: str | None = None", "master_weights: bool = False",
-               "stochastic_rounding: bool = False", "seed: int = 0"]
+               "stochastic_rounding: bool = False", "seed: int = 0", "comm=None",
+               "shard_state: bool = False"]
     forwarded = [f"{n}={n}" for n in _FORWARDED]
     forwarded += [f"{h.name}={h.name}" for h in specs] + [f"{k}={k}" for k in v.fixed]
     return (f"def {name}({', '.join(params)}) -> None:\n"

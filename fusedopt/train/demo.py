@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusedopt import _checks, schedules
+from fusedopt import _checks, distributed, schedules
 from fusedopt.kernels import optimizer_rule
 from fusedopt.optim import make_optimizer
 from fusedopt.train import precision as precisions
@@ -51,6 +51,9 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     """Train the MLP on the digits; see the module docstring. ``precision`` is a recipe of
     :mod:`fusedopt.train.precision` (fp32, bf16, bf16-sr, fp16-master)."""
     precisions.check(precision, "cupy" if backend == "cupy" else "numpy")
+    comm = distributed.init()  # under mpiexec: data-parallel, ZeRO-1; else one process
+    if comm.rank != 0:  # one voice, one set of plots
+        log, progress, out = (lambda *args, **kwargs: None), False, None
     if out is not None:
         out = _checks.output_dir("demo", "out", out)
     data = load_digits(seed=seed)
@@ -64,7 +67,8 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     layers = [X.shape[0], hidden, data.classes]
     m = X.shape[1]
     plan = plan_batch_size(X, Y, layer_sizes=layers, optimizer=optimizer,
-                           backend="cupy" if xp == "cupy" else None)
+                           backend="cupy" if xp == "cupy" else None, world_size=comm.size,
+                           shard_state=comm.size > 1)
     log(f"data: {data.name}, {m} training and {X_test.shape[1]} held-out images, "
         f"X: {tuple(X.shape)} (samples as columns)")
     log(f"plan: {plan.reason}; peak {plan.peak_bytes / 2**20:.2f} MiB of "
@@ -75,14 +79,20 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
         log(f"      the demo trains with mini-batches of {batch_size} instead (--batch-size plan "
             "follows the plan; `fusedopt profile` measures which lowers the cost faster)")
     log(f"training: MLP {layers}, {optimizer}, mini-batches of {batch_size}, {epochs} epochs, "
-        f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}, precision {precision}")
+        f"backend {backend or ('cupy' if xp == 'cupy' else 'numba')}, precision {precision}"
+        + (f", data-parallel on {comm.size} ranks (ZeRO-1: each holds 1/{comm.size} of the "
+           "optimizer state)" if comm.size > 1 else ""))
+    parallel = dict(comm=comm, shard_state=True) if comm.size > 1 else {}
     net = MLP(layers, xp=xp, seed=seed)
     lr0 = lr if lr is not None else optimizer_rule(optimizer).typical_lr
     schedule = schedules.inverse_time(lr0, decay_rate=0.05)
     trainer = precisions.Trainer(
         net, precision, lambda params, **options: make_optimizer(
-            optimizer, params, lr=lr0, schedule=schedule, backend=backend, **options), seed=seed)
+            optimizer, params, lr=lr0, schedule=schedule, backend=backend, **options,
+            **parallel), seed=seed)
     opt = trainer.opt
+    train_step = (trainer.train_step if comm.size == 1
+                  else precisions.data_parallel_step(trainer, comm))
     costs, lrs = [], []
     rng = np.random.default_rng(seed)  # one stream for the run: reproducible, new each epoch
     epochs_iter = range(1, epochs + 1)
@@ -95,7 +105,7 @@ def run(*, backend: str | None = None, optimizer: str = "adam", epochs: int = 30
     for _ in epochs_iter:
         for X_t, Y_t in minibatches(X, Y, batch_size, seed=rng):
             lrs.append(opt.lr)
-            costs.append(trainer.train_step(X_t, Y_t))
+            costs.append(train_step(X_t, Y_t))
         opt.next_epoch()
         if bar is not None:
             bar.set_postfix(cost=f"{costs[-1]:.4f}", lr=f"{opt.lr:.4g}")

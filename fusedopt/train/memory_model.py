@@ -75,10 +75,15 @@ def arena_buffer_elements(shapes: Sequence[Sequence[int]], dtype) -> int:
 
 
 def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
-                    gpu: bool = False, precision: str = "fp32") -> dict[str, int]:
+                    gpu: bool = False, precision: str = "fp32", world_size: int = 1,
+                    shard_state: bool = False) -> dict[str, int]:
     """Parameters, gradients and optimizer state of a model held in a ParamArena, each in
     the storage of the ``precision`` recipe (:data:`fusedopt.kernels.dtypes.RECIPES`;
-    ``"fp32"`` keeps ``dtype``), and the float32 master copy where the recipe has one."""
+    ``"fp32"`` keeps ``dtype``), and the float32 master copy where the recipe has one.
+
+    Per rank of ``world_size``: with ``shard_state`` (ZeRO-1, :mod:`fusedopt.optim.parallel`)
+    the state and master copy are one block of 1/W, plus the block of summed gradients
+    the reduce-scatter fills (16-bit gradients are summed in a float32 copy)."""
     check_optimizer("parameter_bytes", optimizer)
     if precision not in RECIPES:
         raise ValueError(f"parameter_bytes: precision={precision!r}; choose one of "
@@ -94,9 +99,19 @@ def parameter_bytes(shapes, dtype=np.float32, optimizer: str = "adam",
     slots = state_slots(optimizer)
     state_name = (f"optimizer state ({slots} slots)" if precision == "fp32"
                   else f"optimizer state ({slots} slots, {state})")
-    out = {"parameters": buffer, "gradients": buffer, state_name: slots * n * ITEMSIZE[state]}
+    # elements of state on the rank holding most (the last: its block and the remainder)
+    held = n // world_size + n % world_size if shard_state else n
+    if shard_state:
+        state_name += f", 1/{world_size} per rank"
+    out = {"parameters": buffer, "gradients": buffer,
+           state_name: slots * held * ITEMSIZE[state]}
     if master:
-        out["float32 master copy"] = n * 4
+        out["float32 master copy" + (f" (1/{world_size})" if shard_state else "")] = held * 4
+    wide = ITEMSIZE[param] == 2
+    if shard_state and (world_size > 1 or wide):  # (one process sums in place)
+        out["summed gradient block (reduce-scatter)"] = held * (4 if wide else ITEMSIZE[param])
+    if wide and (world_size > 1 or shard_state):
+        out["float32 gradients (summed across ranks)"] = n * 4
     return out
 
 
@@ -113,15 +128,20 @@ def step_peak_bytes(*, n_x: int, n_y: int, m: int, batch_size: int, shapes,
                     activation_bytes_per_sample: int | None = None, dtype=np.float32,
                     x_dtype=np.float32, y_dtype=np.float32, optimizer: str = "adam",
                     shuffle: bool = True, gpu: bool = False,
-                    precision: str = "fp32") -> dict[str, int]:
+                    precision: str = "fp32", world_size: int = 1,
+                    shard_state: bool = False) -> dict[str, int]:
     """Every item alive at the peak of the training loop, by name (bytes); they sum to it.
 
     The items that live through the run, one mini-batch, and then whichever of
     the two moments (see the module docstring) needs more: the previous
     mini-batch still held while the next is gathered, or the step's temporaries.
+    With ``world_size`` W (data parallelism), on one rank: ``batch_size`` is the global
+    batch, of which each rank takes ``ceil(b / W)`` samples.
     """
     out = {}
-    out.update(parameter_bytes(shapes, dtype, optimizer, gpu, precision))
+    out.update(parameter_bytes(shapes, dtype, optimizer, gpu, precision, world_size,
+                               shard_state))
+    batch_size = -(-batch_size // world_size)  # this rank's share of the global batch
     if precision != "fp32":  # the MLP computes on a float32 copy of its 16-bit arena
         working = parameter_bytes(shapes, dtype, optimizer, gpu)
         out["the MLP's float32 working copy (parameters, gradients)"] = (

@@ -132,7 +132,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                     memory_limit: int | None = None, backend: str | None = None,
                     sample_axis: int = 1, dtype=np.float32,
                     param_shapes=None, extra_bytes: int = 0,
-                    precision: str = "fp32") -> BatchPlan:
+                    precision: str = "fp32", world_size: int = 1,
+                    shard_state: bool = False) -> BatchPlan:
     """Choose the mini-batch size by the lecture's rules, checked against free memory.
 
     Args:
@@ -150,6 +151,10 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
         param_shapes: parameter shapes (default: those of ``layer_sizes``' MLP).
         extra_bytes: what the caller holds beside the training loop (the profiler's
             records, say), counted in every peak.
+        world_size: ranks training data-parallel: the plan is one rank's memory, the
+            batch size the global one (each rank takes ``ceil(b / world_size)``).
+        shard_state: ZeRO-1 (``fo.Adam(..., shard_state=True)``): each rank holds 1/W
+            of the optimizer state and master copy.
 
     Returns:
         A :class:`BatchPlan`.
@@ -192,6 +197,9 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                   enumerate(param_shapes)]
     _check_optimizer(f, optimizer)
     extra_bytes = int(_checks.real(f, "extra_bytes", extra_bytes, 0.0))
+    world_size = _checks.count(f, "world_size", world_size, "ranks",
+                               "one process is world_size=1")
+    shard_state = _checks.flag(f, "shard_state", shard_state)
     gpu = backend == "cupy" or (backend is None and x_kind == "cupy")
     device = "gpu" if gpu else "cpu"
     if memory_limit is not None:
@@ -216,7 +224,8 @@ def plan_batch_size(X, Y, *, layer_sizes: Sequence[int] | None = None,
                                 layer_sizes=layer_sizes,
                                 activation_bytes_per_sample=activation_bytes_per_sample,
                                 dtype=dtype, x_dtype=x_dtype, y_dtype=y_dtype,
-                                optimizer=optimizer, gpu=gpu, precision=precision)
+                                optimizer=optimizer, gpu=gpu, precision=precision,
+                                world_size=world_size, shard_state=shard_state)
         if not resident_already:
             parts["the training set X, Y"] = dataset
         if extra_bytes:

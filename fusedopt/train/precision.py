@@ -73,8 +73,19 @@ class Trainer:
         for full, low in zip(self.net.arena.params, self.low.params, strict=True):
             full[...] = low
 
-    def train_step(self, X, Y) -> float:
-        cost = self.net.loss_and_grad(X, Y)
+    def train_step(self, X, Y, weight: float = 1.0) -> float:
+        """One step on the mini-batch ``X, Y``; its cost. ``weight`` multiplies the
+        gradients before the optimizer sees them (a data-parallel rank's share of the
+        global mini-batch, :func:`data_parallel_step`); a rank with no samples
+        contributes zero gradients."""
+        if X.shape[1] == 0:
+            self.net.arena.zero_grad()
+            cost = 0.0
+        else:
+            cost = self.net.loss_and_grad(X, Y)
+            if weight != 1.0:
+                for _, grad in self.net.arena.buffers.values():
+                    grad *= weight
         if self.low is not None:
             for low, full in zip(self.low.grads, self.net.arena.grads, strict=True):
                 low[...] = full  # rounded to nearest, as a 16-bit backward pass stores them
@@ -82,3 +93,29 @@ class Trainer:
         if self.low is not None:
             self._sync()
         return cost
+
+
+def data_parallel_step(trainer: Trainer, comm):
+    """``step(X_t, Y_t) -> cost`` that trains on this rank's block of the global mini-batch.
+
+    Every rank draws the same mini-batch (one seed); rank r takes its contiguous block of
+    ``n_r`` of its ``b`` columns, and weights its mean gradient by ``n_r W / b``, so the
+    optimizer's average over the W ranks is the gradient of the whole mini-batch's mean
+    cost (blocks differ by one sample when W does not divide b). The cost returned is the
+    mini-batch's, summed across ranks (one small all-reduce).
+    """
+    import numpy as np
+
+    from fusedopt.optim.parallel import blocks
+
+    def step(X_t, Y_t) -> float:
+        b = X_t.shape[1]
+        counts, displs = blocks(b, comm.size)
+        lo, n = displs[comm.rank], counts[comm.rank]
+        cost = trainer.train_step(X_t[:, lo:lo + n], Y_t[:, lo:lo + n],
+                                  weight=n * comm.size / b)
+        total = np.array([cost * n / b])
+        comm.all_reduce(total)
+        return float(total[0])
+
+    return step
