@@ -62,6 +62,7 @@ class MPIComm:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self._buffers: dict = {}
 
     def all_reduce(self, array) -> None:
         host, back = _host(array)
@@ -72,7 +73,7 @@ class MPIComm:
         if host.ndim != 1 or block < _LARGE:
             self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
         else:  # reduce-scatter then all-gather: half MPICH's large all-reduce here
-            part = np.empty(block, host.dtype)
+            part = self._scratch(block, host.dtype)
             self.comm.Reduce_scatter_block(host[: size * block], part, op=self._MPI.SUM)
             host[rank * block:(rank + 1) * block] = part
             self.comm.Allgather(self._MPI.IN_PLACE, host[: size * block])
@@ -127,6 +128,14 @@ class MPIComm:
         self.comm.Bcast(host, root=root)
         if back:
             back()
+
+    def _scratch(self, n: int, dtype) -> np.ndarray:
+        """A kept buffer (a fresh one each step would fault in its pages every time)."""
+        key = np.dtype(dtype)
+        found = self._buffers.get(key)
+        if found is None or found.size < n:
+            found = self._buffers[key] = np.empty(n, key)
+        return found[:n]
 
     def barrier(self) -> None:
         self.comm.Barrier()

@@ -121,6 +121,7 @@ class ParallelOptimizer:
         self.shard_state = _checks.flag(name, "shard_state", shard_state)
         self.arena = params if isinstance(params, ParamArena) else None
         self._full = None  # an unsharded optimizer over the arena, for checkpoints
+        self._wide: dict = {}  # data-parallel: float32 copies of 16-bit gradient buffers
         if not self.shard_state:
             self.inner = cls(params, **kwargs)
             return
@@ -175,7 +176,11 @@ class ParallelOptimizer:
                 return  # the inner step names the missing gradients
             for dtype, (_, grad) in self.arena.buffers.items():
                 if storage_name(dtype) in LOW_PRECISION:  # summed in float32, then rounded
-                    wide = grad.astype(np.float32)
+                    wide = self._wide.get(dtype)
+                    if wide is None:  # kept: a new one each step faults its pages in
+                        wide = self._wide[dtype] = grad.astype(np.float32)
+                    else:
+                        wide[...] = grad
                     self.comm.all_reduce(wide)
                     grad[...] = wide
                 else:
