@@ -82,6 +82,26 @@ def test_two_ranks_train_exactly_as_one_process(tmp_path, mode):
     assert_params(result(tmp_path), one_process(2, 6), exact=True)
 
 
+@pytest.mark.parametrize("mode", ["dp", "zero"])
+def test_every_optimizer_on_two_ranks_is_bit_identical_to_one_process(tmp_path, mode):
+    from fusedopt.kernels import optimizer_names
+
+    mpirun(2, tmp_path, mode, 4, "--every-optimizer")
+    with np.load(tmp_path / "every.npz") as saved:
+        got = {k: saved[k] for k in saved.files}
+    assert {k.split(".")[0] for k in got} == set(optimizer_names())
+    for name in sorted(optimizer_names()):
+        arena = fo.ParamArena(train.initial(np.float32))
+        opt = fo.make_optimizer(name, arena, max_grad_norm=2.0)
+        for step in range(1, 5):
+            per_rank = [train.gradients(step, r, np.float32, False) for r in range(2)]
+            for k, view in enumerate(arena.grads):
+                view[...] = (per_rank[0][k] + per_rank[1][k]) / 2
+            opt.step()
+        for k, p in enumerate(arena.params):
+            np.testing.assert_array_equal(got[f"{name}.{k}"], p, err_msg=f"{name} {mode}")
+
+
 def test_three_ranks_with_uneven_blocks_train_as_one_process(tmp_path):
     # 44 elements over 3 ranks: blocks of 15, 15 and 14, cutting tensors in two
     mpirun(3, tmp_path, "zero", 6)

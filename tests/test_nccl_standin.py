@@ -17,6 +17,7 @@ import pytest
 import fusedopt as fo
 from fusedopt.distributed import nccl as nccl_comm
 
+STREAM = 0x5EED  # what the communicator must pass as every collective's stream
 _NUMPY = {7: np.float32, 8: np.float64, 6: np.uint16, 4: np.int64, 1: np.uint8}
 
 
@@ -42,6 +43,7 @@ class StandInNccl:
 
     def __init__(self, world: World, rank: int):
         self.world, self.rank = world, rank
+        self.calls: list[tuple] = []  # (collective, count, dtype code, root)
 
     def _collective(self, call, result):
         w = self.world
@@ -55,10 +57,14 @@ class StandInNccl:
         w.barrier.wait()
 
     def allReduce(self, send, recv, count, code, op, stream):
+        assert stream == STREAM, "allReduce not on CuPy's current stream"
+        self.calls.append(("allReduce", count, code, None))
         self._collective((send, count, code), lambda calls: (
             _view(recv, count, code), sum(_view(s, n, c).copy() for s, n, c in calls)))
 
     def reduceScatter(self, send, recv, count, code, op, stream):
+        assert stream == STREAM, "reduceScatter not on CuPy's current stream"
+        self.calls.append(("reduceScatter", count, code, None))
         r = self.rank
         self._collective((send, count, code), lambda calls: (
             _view(recv, count, code),
@@ -66,16 +72,24 @@ class StandInNccl:
                 for s, _, c in calls)))
 
     def allGather(self, send, recv, count, code, stream):
+        assert stream == STREAM, "allGather not on CuPy's current stream"
+        self.calls.append(("allGather", count, code, None))
+        # NCCL's in-place all-gather: this rank's block already at its place in the output
+        assert send == recv + self.rank * count * np.dtype(_NUMPY[code]).itemsize
         self._collective((send, count, code), lambda calls: (
             _view(recv, count * self.world.size, code),
             np.concatenate([_view(s, n, c).copy() for s, n, c in calls])))
 
     def reduce(self, send, recv, count, code, op, root, stream):
+        assert stream == STREAM, "reduce not on CuPy's current stream"
+        self.calls.append(("reduce", count, code, root))
         self._collective((send, count, code), lambda calls: (
             (_view(recv, count, code), sum(_view(s, n, c).copy() for s, n, c in calls))
             if self.rank == root else None))
 
     def broadcast(self, send, recv, count, code, root, stream):
+        assert stream == STREAM, "broadcast not on CuPy's current stream"
+        self.calls.append(("broadcast", count, code, root))
         self._collective((send, count, code), lambda calls: (
             _view(recv, count, code), _view(calls[root][0], count, code).copy()))
 
@@ -105,7 +119,7 @@ def run_ranks(size: int, body) -> list:
 @pytest.fixture(autouse=True)
 def host_pointers(monkeypatch):
     monkeypatch.setattr(nccl_comm, "_ptr", lambda a: a.ctypes.data)
-    monkeypatch.setattr(nccl_comm, "_stream", lambda: 0)
+    monkeypatch.setattr(nccl_comm, "_stream", lambda: STREAM)
 
 
 @pytest.mark.parametrize("size, n", [(2, 10), (3, 11), (4, 3), (3, 0)])
@@ -158,3 +172,25 @@ def test_a_zero1_step_through_nccl_equals_one_process():
     for params in results:
         for got, want in zip(params, plain.params, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_the_calls_counts_and_roots_are_those_of_the_layout():
+    from fusedopt.optim.parallel import blocks
+
+    n, size = 11, 3  # blocks 3, 3, 5: equal blocks of 3, and a tail of 2 on the last rank
+    counts, _ = blocks(n, size)
+    seen = {}
+
+    def body(comm):
+        buffer = np.zeros(n, np.float32)
+        comm.reduce_scatter(buffer.copy(), np.zeros(counts[comm.rank], np.float32), counts)
+        comm.all_gather(buffer, counts)
+        half = np.zeros(n, np.float16)  # 16-bit parameters move as float16 words
+        comm.all_gather(half, counts)
+        seen[comm.rank] = comm.comm.calls
+
+    run_ranks(size, body)
+    for calls in seen.values():
+        assert calls == [("reduceScatter", 3, 7, None), ("reduce", 2, 7, 2),
+                         ("allGather", 3, 7, None), ("broadcast", 2, 7, 2),
+                         ("allGather", 3, 6, None), ("broadcast", 2, 6, 2)]

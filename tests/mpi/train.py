@@ -49,10 +49,14 @@ def main() -> None:
     parser.add_argument("--save-at", type=int, default=0)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--every-optimizer", action="store_true")
     args = parser.parse_args()
     comm = distributed.init()
     if comm.rank == args.fail_rank:
         raise RuntimeError(f"rank {comm.rank} fails on purpose")
+    if args.every_optimizer:
+        every_optimizer(args, comm)
+        return
     dtype, extra = options(args.precision)
     arena = fo.ParamArena(initial(dtype))
     opt = fo.Adam(arena, lr=0.01, max_grad_norm=2.0, comm=comm,
@@ -68,6 +72,27 @@ def main() -> None:
             fo.save(args.save, opt)
     if comm.rank == 0:
         np.savez(f"{args.out}/params.npz", *[np.asarray(p).view(np.uint8) for p in arena.params])
+
+
+def every_optimizer(args, comm) -> None:
+    """Each registered optimizer (at its typical learning rate, with clipping) for
+    ``args.steps`` steps; rank 0 saves every one's final parameters."""
+    from fusedopt.kernels import optimizer_names
+
+    results = {}
+    for name in sorted(optimizer_names()):
+        arena = fo.ParamArena(initial(np.float32))
+        opt = fo.make_optimizer(name, arena, max_grad_norm=2.0, comm=comm,
+                                shard_state=args.mode == "zero")
+        for step in range(1, args.steps + 1):
+            for view, g in zip(arena.grads, gradients(step, comm.rank, np.float32, False),
+                               strict=True):
+                view[...] = g
+            opt.step()
+        for k, p in enumerate(arena.params):
+            results[f"{name}.{k}"] = np.asarray(p).copy()
+    if comm.rank == 0:
+        np.savez(f"{args.out}/every.npz", **results)
 
 
 if __name__ == "__main__":
