@@ -178,3 +178,20 @@ def test_the_planner_counts_one_ranks_shard_as_allocated(world, precision):
     assert masters == model.get(f"float32 master copy (1/{world})", 0)
     blocks_held = sum(s.grad_sum.nbytes for s in opt._shards)
     assert blocks_held == model["summed gradient block (reduce-scatter)"]
+
+
+def test_settings_written_on_the_parallel_optimizer_reach_its_steps():
+    ours, grads = arena_and_grads()
+    plain, _ = arena_and_grads()
+    opt = fo.Adam(ours, lr=0.01, shard_state=True)
+    ref = fo.Adam(plain, lr=0.01)
+    opt.lr = ref.lr = 0.05
+    opt.max_grad_norm = ref.max_grad_norm = 0.5
+    for arena in (ours, plain):
+        for view, g in zip(arena.grads, grads[0], strict=True):
+            view[...] = g
+    opt.step()
+    ref.step()
+    assert opt.lr == 0.05 and opt.inner.max_grad_norm == 0.5
+    for a, b in zip(ours.params, plain.params, strict=True):
+        np.testing.assert_array_equal(a, b)

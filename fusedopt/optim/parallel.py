@@ -278,10 +278,21 @@ class ParallelOptimizer:
             raise OSError(f"save: rank 0 could not write {path}: {failure or 'see rank 0'}")
 
     # --------------------------------------------------------- the rest: inner's
+    _OWN = frozenset({"comm", "optimizer_class", "_kwargs", "shard_state", "arena", "_full",
+                      "_wide", "_shards", "inner"})
+
     def __getattr__(self, name: str):
         if name == "inner":  # not yet set (during __init__)
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        """The optimizer's own settings (``opt.lr = ...``, ``opt.max_grad_norm``) are the
+        inner optimizer's: set there, or a step would not see them."""
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
 
     def __repr__(self) -> str:
         mode = "ZeRO-1" if self.shard_state else "data-parallel"
