@@ -107,6 +107,10 @@ def __getattr__(name: str):
     (a user's own :func:`fusedopt.kernels.registry.register`), generated on first use."""
     from fusedopt import functional, optim
 
+    if name == "distributed":  # fo.distributed.init(): imports no MPI until init() runs
+        import importlib
+
+        return importlib.import_module("fusedopt.distributed")
     try:
         if name.endswith("_") and not name.startswith("_"):
             return functional.function(name)
