@@ -116,6 +116,7 @@ def _factory_source(v: Variant) -> str:
     key = ", ".join([h.name for h in v.hyper] + (["step"] if rule.needs_step else []))
     function = (f"def {fname}({', '.join(params)}) -> None:\n"
                 f"{body}"
+                f"{_numpy_fast_source(rule, key, entries)}"
                 "    if master is None and stochastic_rounding is False:\n"
                 f"        impl, arrays, signature = _arrays(_F, _NAMES, ({arrays},), _WRITES, "
                 "backend)\n"
@@ -146,8 +147,64 @@ def _factory_source(v: Variant) -> str:
                 "    except _ScalarRangeError as exc:\n"
                 "        raise ValueError(f'{_F}: {exc}') from None\n")
     return (f"def _make_{fname}(_F, _NAMES, _WRITES, _RULE):\n"
-            "    _memo = {}\n"
+            "    _memo, _fast = {}, {}\n"
             + textwrap.indent(function, "    ") + f"    return {fname}\n\n\n")
+
+
+def _numpy_fast_source(rule, key: str, entries: list[str]) -> str:
+    """Source of the common CPU call, inline: NumPy arrays of one float dtype and shape,
+    C-contiguous, the written ones writeable (every check of :func:`fusedopt._checks.arrays`
+    but overlap, which the Numba driver checks before writing), the prepared scalars kept
+    by dtype and value, and a small flat call made straight to the serial driver. Anything
+    else (and any failure of the driver call) takes the general path below."""
+    names = rule.arrays
+    flags = [f"_f{k} = {a}.flags" for k, a in enumerate(names)]
+    same = [f"{a}.dtype is _dt and {a}.shape == _shape" for a in names[1:]]
+    layout = [f"_f{k}.c_contiguous" + (f" and _f{k}.writeable" if a in rule.writes else "")
+              for k, a in enumerate(names)]
+    arrays = ", ".join(names)
+    lines = [
+        "if (master is None and stochastic_rounding is False and backend is None and "
+        + " and ".join(f"type({a}) is _ND" for a in names) + "):",
+        f"    _dt, _shape = {names[0]}.dtype, {names[0]}.shape",
+        *(f"    {f}" for f in flags),
+        "    if ((_dt is _F32 or _dt is _F64) and "
+        + " and ".join([*same, *layout]) + "):",
+        f"        _key = (_dt, {key})",
+        "        _found = _fast.get(_key)",
+        "        if _found is None:",
+        f"            _found = _fast_prepare(_F, _RULE, _NAMES, _dt, {{{', '.join(entries)}}})",
+        "            if len(_fast) >= _MEMO_SIZE:",
+        "                _fast.clear()",
+        "            _fast[_key] = _found",
+        f"        if len(_shape) == 1 and {names[0]}.size < _config.NUMBA_PARALLEL_MIN_SIZE:",
+        "            try:",
+        f"                if not _found[1]({arrays}, _found[0]):",
+        "                    return",
+        "            except Exception:  # a cache to rebuild: the general launch recovers",
+        "                pass",
+        f"        _launch(_RULE, ({arrays},), _found)  # also names an overlap, having written"
+        " nothing",
+        "        return",
+    ]
+    return "".join(f"    {line}\n" for line in lines)
+
+
+def _fast_prepare(fname: str, rule, names, dtype, hyper: dict) -> tuple:
+    """The Numba backend's prepared scalars for an all-``dtype`` call (the fast path's)."""
+    from fusedopt import backends
+    from fusedopt.kernels.dtypes import homogeneous
+
+    try:
+        return backends.get("numba").prepare(rule, hyper, homogeneous(names, dtype))
+    except ScalarRangeError as exc:
+        raise ValueError(f"{fname}: {exc}") from None
+
+
+def _launch(rule, arrays: tuple, prepared: tuple) -> None:
+    from fusedopt import backends
+
+    backends.get("numba").launch(rule, arrays, prepared)
 
 
 def _rounding(fname: str, signature, seed, step, offset) -> tuple[int, int, int] | None:
@@ -165,7 +222,9 @@ def _rounding(fname: str, signature, seed, step, offset) -> tuple[int, int, int]
     return seed, _checks.step(fname, step), int(offset)
 
 
-_HELPERS = {"_MEMO_SIZE": config.PREPARED_CACHE, "_real": _checks.real,
+_HELPERS = {"_MEMO_SIZE": config.PREPARED_CACHE, "_config": config, "_ND": np.ndarray,
+            "_F32": np.dtype(np.float32), "_F64": np.dtype(np.float64),
+            "_fast_prepare": _fast_prepare, "_launch": _launch, "_real": _checks.real,
             "_flag": _checks.flag, "_step": _checks.step,
             "_arrays": _checks.arrays, "_ScalarRangeError": ScalarRangeError,
             "_rounding": _rounding, "_seed": _checks.seed}
