@@ -26,7 +26,7 @@ cat "$out/info.txt"
 # 16-bit storage, fusedopt.torch on CUDA tensors; then the CuPy path of the optimizers.
 timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
   tests/test_gpu_torch.py tests/test_gpu_precision.py tests/test_gpu_measured_plan.py \
-  tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
+  tests/test_gpu_nccl.py tests/test_dispatch.py > "$out/pytest.txt" 2>&1 || status=1
 tail -n 8 "$out/pytest.txt"
 
 # Adam over GPT-2 small's 148 tensors: arena, list, fusedopt.torch, torch fused.
