@@ -102,8 +102,9 @@ def test_every_optimizer_on_two_ranks_is_bit_identical_to_one_process(tmp_path, 
             np.testing.assert_array_equal(got[f"{name}.{k}"], p, err_msg=f"{name} {mode}")
 
 
-def test_three_ranks_with_uneven_blocks_train_as_one_process(tmp_path):
-    # 44 elements over 3 ranks: blocks of 15, 15 and 14, cutting tensors in two
+def test_three_ranks_with_a_tail_train_as_one_process(tmp_path):
+    # 41 elements over 3 ranks: blocks of 13, 13 and 13 + a tail of 2 on the last rank
+    # (its own collectives), cutting tensors in two; 2 ranks: 20 and 20 + 1
     mpirun(3, tmp_path, "zero", 6)
     assert_params(result(tmp_path), one_process(3, 6), exact=False)
 
