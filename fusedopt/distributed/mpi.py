@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedopt.optim.parallel import block_of
+
 
 def _host(array):
     """``(host array, copy back)``: a NumPy array as it is; a CuPy array staged."""
@@ -25,15 +27,6 @@ def _host(array):
 
 #: all-reduces of at least this many items per rank go as reduce-scatter + all-gather
 _LARGE = 1 << 16
-
-
-def _equal_blocks(counts) -> int | None:
-    """The common block size when every rank but the last has the same count and the last
-    at least as many (the layout of :func:`fusedopt.optim.parallel.blocks`), else None."""
-    first = counts[0]
-    if all(c == first for c in counts[:-1]) and counts[-1] >= first and first > 0:
-        return first
-    return None
 
 
 def _bits(array):
@@ -85,8 +78,8 @@ class MPIComm:
     def reduce_scatter(self, send, recv, counts) -> None:
         host_send, _ = _host(send)
         host_recv, back = _host(recv)
-        block = _equal_blocks(counts)
-        if block is None:
+        block = block_of(counts)
+        if not block:  # (blocks of 0: the v forms)
             self.comm.Reduce_scatter(host_send, host_recv, recvcounts=list(counts),
                                      op=self._MPI.SUM)
         else:  # equal blocks (the fast collective), the last rank's tail reduced to it
@@ -102,8 +95,8 @@ class MPIComm:
 
     def all_gather(self, buffer, counts) -> None:
         host, back = _host(buffer)
-        block = _equal_blocks(counts)
-        if block is None:
+        block = block_of(counts)
+        if not block:  # (blocks of 0: the v forms)
             self.comm.Allgatherv(self._MPI.IN_PLACE, _typed(host, counts))
         else:
             size = self.size

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusedopt.optim.parallel import block_of
+
 #: NCCL's data type of each NumPy dtype fusedopt moves (16-bit floats as float16:
 #: moving is exact, and bfloat16 is only ever summed in float32)
 _DTYPES = {"float32": 7, "float64": 8, "float16": 6, "int64": 4, "uint16": 6, "uint8": 1}
@@ -39,13 +41,6 @@ def _dtype(array) -> int:
     if name not in _DTYPES:
         raise TypeError(f"NCCL: cannot move {kind} arrays")
     return _DTYPES[name]
-
-
-def _equal(counts) -> int | None:
-    first = counts[0]
-    if all(c == first for c in counts[:-1]) and counts[-1] >= first:
-        return first
-    return None
 
 
 class NCCLComm:
@@ -76,7 +71,7 @@ class NCCLComm:
                             _stream())
 
     def reduce_scatter(self, send, recv, counts) -> None:
-        block = _equal(counts)
+        block = block_of(counts)
         if block is None:  # not this layout: one reduce per rank's block
             start = 0
             for r, n in enumerate(counts):
@@ -98,7 +93,7 @@ class NCCLComm:
                              _stream())
 
     def all_gather(self, buffer, counts) -> None:
-        block = _equal(counts)
+        block = block_of(counts)
         if block is None:
             start = 0
             for r, n in enumerate(counts):

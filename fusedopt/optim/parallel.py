@@ -86,6 +86,17 @@ def blocks(n: int, size: int) -> tuple[list[int], list[int]]:
     return counts, displs
 
 
+def block_of(counts) -> int | None:
+    """The equal block size of a :func:`blocks` layout (every rank but the last has the
+    same count, the last at least as many), else None: what the fast equal-block
+    collectives (MPI's ``Reduce_scatter_block``/``Allgather``, NCCL's) take, the last
+    rank's tail going separately."""
+    first = counts[0]
+    if all(c == first for c in counts[:-1]) and counts[-1] >= first:
+        return first
+    return None
+
+
 class _Shard:
     """One buffer dtype's block on this rank."""
 
