@@ -242,10 +242,13 @@ def test_state_that_does_not_fit_its_parameter_is_refused_before_any_write():
     a.grad, b.grad = torch.ones(4), torch.ones(6)
     opt.step()
     before = a.detach().clone(), b.detach().clone()
+    exp_avg = opt.state[b]["exp_avg"]
     opt.state[b]["exp_avg"] = torch.zeros(3)
     with pytest.raises(ValueError, match=r"state\['exp_avg'\] of parameter 1 .*nothing was"):
         opt.step()
-    opt.state[b]["exp_avg"] = torch.zeros(6, dtype=torch.bfloat16)  # its exp_avg_sq: float32
+    # Another dtype at the checked tensor's address and size (as a fresh tensor gets when
+    # the allocator reuses freed memory): the step's memo of its checks must not pass it.
+    opt.state[b]["exp_avg"] = exp_avg.view(torch.bfloat16)[:6]  # its exp_avg_sq: float32
     with pytest.raises(ValueError, match=r"state\['exp_avg_sq'\] of parameter 1 .* while the "
                                          r"rest of its state is torch.bfloat16"):
         opt.step()
