@@ -73,13 +73,13 @@ def launcher(rule: Rule, dtype, kernel: str) -> str:
             "    }\n}\n")
 
 
-def multi_launcher(rule: Rule, dtype) -> str:
+def multi_launcher(rule: Rule, dtype, capturable: bool = False) -> str:
     """C++ for ``launch_<multi kernel>(grid, block, <its arguments>)``."""
     from fusedopt.backends import cuda_multi
 
     sig = cuda_codegen.signature_of(rule, dtype)
-    kernel = cuda_multi.kernel_name(rule, sig)
-    params = cuda_multi.parameters(rule, sig)
+    kernel = cuda_multi.kernel_name(rule, sig, capturable)
+    params = cuda_multi.parameters(rule, sig, capturable)
     return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
             f'{", ".join(f"{t} {n}" for t, n in params)}) {{\n'
             "  gridDim.x = grid; blockDim.x = block;\n"
@@ -104,6 +104,9 @@ def build_host_library(directory: Path) -> ctypes.CDLL | None:
             parts.append(cuda_multi.cuda_multi_source(rule_name, dtype).replace(
                 cuda_codegen.device_function(rule, dtype), ""))  # defined once, above
             parts.append(multi_launcher(rule, dtype))
+            parts.append(cuda_multi.cuda_multi_source(rule_name, dtype, True).replace(
+                cuda_codegen.device_function(rule, dtype), ""))
+            parts.append(multi_launcher(rule, dtype, True))
     source = directory / "kernels.cpp"
     source.write_text("\n".join(parts))
     library = directory / "kernels.so"
@@ -170,6 +173,8 @@ class HostRawKernel:
         for arg in args:
             if isinstance(arg, ndarray):
                 converted.append(ctypes.c_void_p(arg.data.ptr))
+            elif isinstance(arg, np.uint64):  # a device address (torch's data_ptr())
+                converted.append(ctypes.c_void_p(int(arg)))
             elif isinstance(arg, np.int64):
                 converted.append(ctypes.c_longlong(int(arg)))
             elif isinstance(arg, np.uint32):

@@ -14,6 +14,7 @@ from test_cuda_codegen import compile_ptx, nvrtc  # noqa: F401  (a fixture)
 
 import fusedopt as fo
 from fusedopt.backends import cuda_multi, cupy_cuda, numba_cpu
+from fusedopt.backends.base import host_scalars
 from fusedopt.kernels import RULES
 from fusedopt.kernels.dtypes import homogeneous, signature
 
@@ -38,6 +39,17 @@ def test_every_multi_tensor_kernel_compiles_with_nvrtc(nvrtc, rule_name, storage
     sig = SIGNATURES[storage](rule)
     ptx = compile_ptx(nvrtc, cuda_multi.cuda_multi_source(rule, sig), arch)
     assert re.search(rf"\.entry {cuda_multi.kernel_name(rule, sig)}\(", ptx)
+
+
+@pytest.mark.parametrize("storage", ["f32", "f64", "f16-master"])
+@pytest.mark.parametrize("rule_name", [n for n, r in RULES.items() if r.device_scalars])
+def test_every_capturable_kernel_compiles_with_nvrtc(nvrtc, rule_name, storage):  # noqa: F811
+    rule = RULES[rule_name]
+    if storage == "f16-master" and len(rule.arrays) < 3:
+        storage = "f32"
+    sig = SIGNATURES[storage](rule)
+    ptx = compile_ptx(nvrtc, cuda_multi.cuda_multi_source(rule, sig, capturable=True), "sm_90")
+    assert re.search(rf"\.entry {cuda_multi.kernel_name(rule, sig, capturable=True)}\(", ptx)
 
 
 def rows_for(rule, sizes, dtype, xp, seed=0):
@@ -132,3 +144,42 @@ def test_the_gpu_fast_path_still_refuses_overlap_and_mismatch(host_cupy):
     arrays = [host_cupy.asarray(np.full(10, v, np.float32)) for v in (1.0, 0.5, 0.0, 0.0)]
     fo.adam_(*arrays, step=1, lr=0.1)
     np.testing.assert_allclose(np.asarray(arrays[0]), 0.9, rtol=1e-6)  # lr * m/sqrt(v) = lr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule_name", [n for n, r in RULES.items() if r.device_scalars])
+def test_the_capturable_kernel_reads_per_tensor_scalars_and_the_skip_flag(host_cupy,
+                                                                          rule_name, dtype):
+    """Row t of the scalars for tensor t (each tensor at its own step), read from device
+    memory: equal to the CPU twin's bits, and to each tensor's own host-scalar launch;
+    a set skip flag writes nothing."""
+    from host_cuda import HostRawKernel
+
+    rule = RULES[rule_name]
+    sizes = [0, 1, 7, 33, 1000, 70_000, 3]
+    sig = homogeneous(rule.arrays, dtype)
+    hypers = [dict(hyper_of(rule), **({"step": k + 1} if rule.needs_step else {}))
+              for k in range(len(sizes))]
+    table = np.array([host_scalars(rule, h, sig) for h in hypers], dtype=dtype)
+    for skip in (0.0, 1.0):
+        gpu = rows_for(rule, sizes, dtype, host_cupy)
+        twin = [tuple(np.array(a) for a in row) for row in gpu]
+        alone = [tuple(np.array(a) for a in row) for row in gpu]
+        flag = np.array([skip], np.float32)
+        HostRawKernel.launches = []
+        cupy_cuda.launch_capturable(
+            rule, tuple(tuple(a.data.ptr for a in row) for row in gpu), tuple(sizes), sig,
+            table.ctypes.data, flag.ctypes.data)  # the emulated device's memory is the host's
+        assert [name for name, _, _ in HostRawKernel.launches] == [
+            cuda_multi.kernel_name(rule, sig, capturable=True)]
+        numba_cpu.launch_capturable(
+            rule, tuple(tuple(a.ctypes.data for a in row) for row in twin), tuple(sizes), sig,
+            table, flag)
+        if not skip:
+            for row, h in zip(alone, hypers, strict=True):
+                numba_cpu.launch(rule, row, numba_cpu.prepare(rule, h, sig))
+        before = [tuple(np.array(a) for a in row) for row in rows_for(rule, sizes, dtype, np)]
+        for k, (g, c, a, b) in enumerate(zip(gpu, twin, alone, before, strict=True)):
+            for name, x, y, z, w in zip(rule.arrays, g, c, a, b, strict=True):
+                assert np.array_equal(y, z if not skip else w, equal_nan=True), (k, name)
+                assert np.array_equal(np.asarray(x), y, equal_nan=True), (rule_name, k, name)

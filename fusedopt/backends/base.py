@@ -17,6 +17,7 @@ optimizer prepares once per step and launches once per tensor (or arena buffer):
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,8 +26,8 @@ from fusedopt import config
 from fusedopt.kernels.dtypes import Signature
 from fusedopt.kernels.registry import Rule, ScalarRangeError
 
-__all__ = ["Backend", "ScalarRangeError", "clip_scale", "host_scalars", "norm_from_sums",
-           "overlap_error", "rounding_words"]
+__all__ = ["Backend", "ScalarRangeError", "check_scalars", "clip_scale", "host_scalars",
+           "norm_from_sums", "overlap_error", "rounding_words"]
 
 _LARGEST = {np.dtype(np.float32): float(np.finfo(np.float32).max),
             np.dtype(np.float64): float(np.finfo(np.float64).max)}
@@ -77,22 +78,28 @@ def host_scalars(rule: Rule, hyper: dict, signature: Signature) -> tuple[float, 
     hyperparameter (or, for a product that overflows, the scalar and the values).
     """
     values = rule.host_scalars(**hyper)
+    check_scalars(rule, hyper, values, signature)
+    return values
+
+
+def check_scalars(rule: Rule, hyper: dict, values: tuple, signature: Signature) -> None:
+    """:func:`host_scalars`' range check of ``values``; those that are device arrays (a
+    capturable step's, computed on the device) are left to the device."""
     largest = _LARGEST[signature.compute]
     for value in values:
-        if not -largest <= value <= largest:  # NaN fails too
+        if isinstance(value, Real) and not -largest <= value <= largest:  # NaN too
             raise ScalarRangeError(_range_message(rule, hyper, values, signature.compute))
-    return values
 
 
 def _range_message(rule: Rule, hyper: dict, values, compute: np.dtype) -> str:
     largest = _LARGEST[compute]
     for h in rule.hyper:
         value = hyper.get(h.name)
-        if h.kind != "flag" and value is not None and abs(value) > largest:
+        if h.kind != "flag" and isinstance(value, Real) and abs(value) > largest:
             return (f"{h.name}={value!r} cannot be represented in {compute.name} (the arrays' "
                     f"compute dtype; largest {largest:.4g}); use a smaller value")
     bad = next(name for name, v in zip(rule.scalars, values, strict=True)
-               if not -largest <= v <= largest)
+               if isinstance(v, Real) and not -largest <= v <= largest)
     shown = ", ".join(f"{k}={v!r}" for k, v in hyper.items() if k != "grad_scale")
     return (f"the hyperparameters ({shown}) make the step's scalar {bad} = "
             f"{dict(zip(rule.scalars, values, strict=True))[bad]!r}, which {compute.name} "

@@ -151,15 +151,15 @@ def launch(rule: Rule, arrays: tuple, prepared: tuple, offset: int = 0) -> None:
 
 
 @cache
-def _multi_kernel(rule_name: str, sig: Signature, device_id: int):
-    """The compiled multi-tensor kernel, memoised per (rule, signature, device)."""
+def _multi_kernel(rule_name: str, sig: Signature, device_id: int, capturable: bool = False):
+    """The compiled multi-tensor kernel, memoised per (rule, signature, device, kind)."""
     import cupy
 
     from fusedopt.backends import cuda_multi
 
     with cupy.cuda.Device(device_id):
-        kernel = cupy.RawKernel(cuda_multi.cuda_multi_source(rule_name, sig),
-                                cuda_multi.kernel_name(rule_name, sig),
+        kernel = cupy.RawKernel(cuda_multi.cuda_multi_source(rule_name, sig, capturable),
+                                cuda_multi.kernel_name(rule_name, sig, capturable),
                                 options=("--std=c++17", "--fmad=false"))
         kernel.compile()
     return kernel
@@ -176,6 +176,19 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
     sig = prepared[1]
     cuda_multi.launch_rows(rule, rows, sizes, prepared, offsets, device_id,
                            _multi_kernel(rule.name, sig, device_id), _multiprocessors(device_id))
+
+
+def launch_capturable(rule: Rule, rows: tuple, sizes: tuple, sig: Signature, scalars: int,
+                      skip: int, device_id: int = 0) -> None:
+    """:func:`launch_rows` with the scalars and a skip flag read from device memory at the
+    addresses ``scalars`` and ``skip`` (see
+    :func:`fusedopt.backends.cuda_multi.cuda_multi_source`): nothing of the step is read on
+    the host, so the launch can be captured in a CUDA graph and replayed."""
+    from fusedopt.backends import cuda_multi
+
+    cuda_multi.launch_capturable(rule, rows, sizes, sig, scalars, skip, device_id,
+                                 _multi_kernel(rule.name, sig, device_id, True),
+                                 _multiprocessors(device_id))
 
 
 def launch_many(rule: Rule, arrays_list: list, prepared: tuple, offsets=None) -> None:

@@ -152,8 +152,9 @@ def store(array: str, storage, value: str, stochastic: bool) -> str:
     return f"{array}[_i] = {value}"  # Numba casts a float to the array's float dtype
 
 
-def driver_source(rule: Rule, signature: Signature) -> str:
-    """The source of the three drivers of ``rule`` for ``signature``.
+def driver_source(rule: Rule, signature: Signature, capturable: bool = False) -> str:
+    """The source of the three drivers of ``rule`` for ``signature`` and its multi-tensor
+    pair (``capturable``: only the capturable multi-tensor pair, see :func:`multi_source`).
 
     Generated names start with an underscore; rule names never do (the rule
     language refuses them), so the two cannot collide.
@@ -182,6 +183,9 @@ def driver_source(rule: Rule, signature: Signature) -> str:
     overlap = "".join(f"    if _overlap({a if a != 'master' else '_master'}, "
                       f"{b if b != 'master' else '_master'}):\n        return {k + 1}\n"
                       for k, (a, b) in enumerate(overlap_pairs(rule, signature)))
+    if capturable:
+        return multi_source(rule, signature, elements, outputs, stores, unpack, call_args,
+                            capturable=True)
     element = f"_element_{rule.name}"
     extra = ", _rounding" if sr else ""
     out = []
@@ -218,7 +222,7 @@ def driver_source(rule: Rule, signature: Signature) -> str:
 
 
 def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, unpack,
-                 call_args) -> str:
+                 call_args, capturable: bool = False) -> str:
     """The multi-tensor drivers ``<rule>_<key>_multi_{serial,parallel}(_table, _chunks, ...)``.
 
     ``_table[t]`` holds tensor ``t``'s address in each array (the master copy last), then
@@ -227,6 +231,12 @@ def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, un
     sharing them out, with the same inlined element rule as the one-tensor drivers, so a
     list of tensors costs one compiled call instead of one per tensor. The caller checks
     the table (no two tensors' memory may meet) once per set of addresses.
+
+    ``capturable`` gives ``<rule>_<key>_capturable_{serial,parallel}(_table, _chunks,
+    _scalars, _skip)`` instead: the scalars are read from memory, row ``t`` of ``_scalars``
+    for tensor ``t`` (computed on the device from a device step count: nothing of the step
+    is known on the host), and nothing is written while ``_skip[0]`` is not 0 (a
+    non-finite gradient found on the device).
     """
     storage = dict(zip(rule.arrays, signature.storage, strict=True))
     columns = [(a, storage[a]) for a in rule.arrays]
@@ -238,17 +248,28 @@ def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, un
         views += (f"        {name} = _carray({pointer}(_table[_t, {k}] + _lo * {size}), "
                   "_n)\n")
     if signature.stochastic:
+        if capturable:
+            raise ValueError("stochastic rounding draws its bits from the host's step count: "
+                             "a capturable driver cannot round stochastically")
         unpack = unpack.replace("    _offset = _rounding[0]\n", "    _first = _rounding[0]\n")
         views += f"        _offset = _first + _table[_t, {len(columns)}] + _lo\n"
     extra = ", _rounding" if signature.stochastic else ""
+    prefix, skip = "multi_", ""
+    if capturable:
+        prefix, extra = "capturable_", ", _skip"
+        skip = "    if _skip[0] != 0:\n        return 0\n"
+        views = "".join(f"        {name} = _scalars[_t, {k}]\n"
+                        for k, name in enumerate(rule.scalars)) + views
+        unpack = ""
     out = []
-    for kind, loop_range, parallel in (("multi_serial", "range", ""),
-                                       ("multi_parallel", "prange", ", parallel=True")):
+    for kind, loop_range, parallel in (("serial", "range", ""),
+                                       ("parallel", "prange", ", parallel=True")):
         body = "".join("    " + line + "\n" for line in stores.splitlines())
+        name = driver_name(rule, signature, prefix + kind)
         out.append(
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
-            f"def {driver_name(rule, signature, kind)}(_table, _chunks, _scalars{extra}):\n"
-            f"{unpack}"
+            f"def {name}(_table, _chunks, _scalars{extra}):\n"
+            f"{skip}{unpack}"
             f"    for _c in {loop_range}(_chunks.shape[0]):\n"
             "        _t = _chunks[_c, 0]\n"
             "        _lo = _chunks[_c, 1]\n"

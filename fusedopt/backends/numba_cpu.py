@@ -107,7 +107,7 @@ def drivers() -> ModuleType:
     return _module
 
 
-_EXTRA: dict[tuple[str, Signature], ModuleType] = {}
+_EXTRA: dict[tuple, ModuleType] = {}
 
 
 def _module_with(rule: Rule, signature: Signature) -> ModuleType:
@@ -235,6 +235,39 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
         call(drivers[1], table, chunks, scalars, *keys, parallel=True)
     else:
         call(drivers[0], table, chunks, scalars, *keys)
+
+
+def launch_capturable(rule: Rule, rows: tuple, sizes: tuple, signature: Signature,
+                      scalars: np.ndarray, skip: np.ndarray) -> None:
+    """:func:`launch_rows` with the step's scalars read from memory: ``scalars[t]`` is
+    tensor ``t``'s row of ``rule.scalars`` in the compute dtype, and nothing is written
+    while ``skip[0]`` is not 0. The host reads neither (see
+    :func:`fusedopt.backends.numba_codegen.multi_source`): the CPU twin of the CUDA
+    capturable kernel, so a capturable step runs the same way on either device."""
+    names, written, itemsizes = multi_tensor.columns(rule, signature)
+    total = sum(sizes)
+    parallel = total >= config.NUMBA_PARALLEL_MIN_SIZE and not numba_threads.serial_only()
+    table, chunks, _ = multi_tensor.tables_of(rule.name + "_", names, written, rows, sizes,
+                                              (0,) * len(rows), itemsizes,
+                                              _threads() if parallel else 1)
+    if not total:
+        return
+    key = (rule.name, signature, "capturable_")
+    drivers = _DRIVERS.get(key)
+    if drivers is None:
+        with _lock:
+            if key not in _EXTRA:
+                source = HEADER + element_source(rule) + driver_source(rule, signature,
+                                                                       capturable=True)
+                _EXTRA[key] = _load(source, f"fusedopt_numba_{rule.name}_{signature.key}"
+                                            "_capturable")
+        drivers = _DRIVERS[key] = (
+            getattr(_EXTRA[key], driver_name(rule, signature, "capturable_serial")),
+            getattr(_EXTRA[key], driver_name(rule, signature, "capturable_parallel")))
+    if parallel:
+        call(drivers[1], table, chunks, scalars, skip, parallel=True)
+    else:
+        call(drivers[0], table, chunks, scalars, skip)
 
 
 def _threads() -> int:

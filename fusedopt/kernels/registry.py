@@ -136,6 +136,10 @@ class Rule:
             rule's optimizers (AMSGrad is Adam's ``amsgrad=True``).
         torch_equivalent: checked hyperparameters -> ``(torch.optim class name,
             keyword arguments)`` of the same update, or None where torch has none.
+        device_scalars: whether ``host_scalars`` also takes device arrays for ``step``,
+            ``lr`` and ``grad_scale`` (elementwise arithmetic on them, never a host read),
+            so a step's scalars can be computed on the device from a device step count:
+            the capturable step of :mod:`fusedopt.torch`.
     """
 
     name: str
@@ -152,6 +156,7 @@ class Rule:
     optimizer: str | None = None
     switch_of: tuple[str, str] | None = None
     torch_equivalent: Callable[[dict], tuple[str, dict] | None] | None = None
+    device_scalars: bool = False
 
     @property
     def doc(self) -> str:
@@ -226,7 +231,7 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
              hyper: tuple[Hyper, ...], needs_step: bool = False,
              typical_lr: float | None = None, nonnegative: tuple[str, ...] = (),
              optimizer: str | None = None, switch_of: tuple[str, str] | None = None,
-             torch_equivalent: Callable | None = None):
+             torch_equivalent: Callable | None = None, device_scalars: bool = False):
     """Register the decorated element rule (see :class:`Rule` for the arguments).
 
     ``arrays`` maps each per-element argument to one line of documentation, in
@@ -259,7 +264,8 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
                             f"hyperparameters are {sorted(wanted)}")
         rule = Rule(name, element, host_scalars, names, tuple(writes), params[len(names):],
                     tuple(hyper), needs_step, typical_lr, MappingProxyType(dict(arrays)),
-                    tuple(nonnegative), optimizer, switch_of, torch_equivalent)
+                    tuple(nonnegative), optimizer, switch_of, torch_equivalent,
+                    device_scalars)
         RULES[name] = rule
         VARIANTS[name] = Variant(name, rule, optimizer=optimizer, doc=rule.doc)
         return element

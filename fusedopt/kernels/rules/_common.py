@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
+import numpy as np
+
 from fusedopt.kernels.registry import ScalarRangeError, beta, flag, real
 
 __all__ = ["BETA1", "BETA2", "BIAS_CORRECTION", "DECOUPLED", "EPS", "EXP_AVG_DOC",
-           "EXP_AVG_SQ_DOC", "LR_DOC", "WEIGHT_DECAY", "adam_like_torch", "weight_decay_split"]
+           "EXP_AVG_SQ_DOC", "LR_DOC", "WEIGHT_DECAY", "adam_like_torch", "host_sqrt",
+           "weight_decay_split"]
 
 LR_DOC = "learning rate alpha"
 WEIGHT_DECAY = real("weight_decay", 0.0, "L2 coefficient lambda, added to the gradient",
@@ -23,15 +29,26 @@ EXP_AVG_DOC = "first moment m, an exponentially weighted average of the gradient
 EXP_AVG_SQ_DOC = "second moment v, an average of the squared gradients (start at 0)"
 
 
+def host_sqrt(x):
+    """The square root of a host scalar (``math.sqrt``, correctly rounded), or of a device
+    array's elements (a rule's scalars computed on the device from a device step count:
+    see ``device_scalars`` in :class:`~fusedopt.kernels.registry.Rule`)."""
+    if isinstance(x, Real):
+        return math.sqrt(x)
+    return x.sqrt() if hasattr(x, "sqrt") else np.sqrt(x)  # a torch tensor, or NumPy's
+
+
 def weight_decay_split(lr: float, weight_decay: float, decoupled: bool) -> tuple[float, float]:
     """(param_scale, coupled_decay): AdamW shrinks the parameter, Adam adds to the gradient.
 
     A decoupled ``lr * weight_decay`` above 1 would flip every parameter's sign each step
-    (and grow it without bound): a :class:`~fusedopt.backends.base.ScalarRangeError`.
+    (and grow it without bound): a :class:`~fusedopt.backends.base.ScalarRangeError`. A
+    device learning rate (a capturable step's) cannot be compared on the host without a
+    sync: it was checked when its group was set up.
     """
     if not decoupled:
         return 1.0, weight_decay
-    if lr * weight_decay > 1.0:
+    if isinstance(lr, Real) and lr * weight_decay > 1.0:
         raise ScalarRangeError(f"lr * weight_decay = {lr * weight_decay!r} is above 1: the "
                                "decoupled decay 1 - lr*weight_decay would flip the parameters' "
                                "sign; use lr * weight_decay <= 1")

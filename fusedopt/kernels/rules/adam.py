@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from math import sqrt as _host_sqrt
-
 from fusedopt.kernels.language import maximum, sqrt
 from fusedopt.kernels.registry import GRAD_DOC, GRAD_SCALE, PARAM_DOC, real, register, variant
 from fusedopt.kernels.rules._common import (
@@ -17,6 +15,7 @@ from fusedopt.kernels.rules._common import (
     LR_DOC,
     WEIGHT_DECAY,
     adam_like_torch,
+    host_sqrt,
     weight_decay_split,
 )
 
@@ -33,7 +32,7 @@ def adam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: float
     else:
         bc1 = bc2 = 1.0
     param_scale, coupled_decay = weight_decay_split(lr, weight_decay, decoupled_weight_decay)
-    return (grad_scale, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / _host_sqrt(bc2),
+    return (grad_scale, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / bc1, 1.0 / host_sqrt(bc2),
             eps, coupled_decay, param_scale)
 
 
@@ -41,7 +40,7 @@ ADAM_HYPER = (real("lr", 1e-3, LR_DOC, symbol=r"\alpha"), BETA1, BETA2, EPS, WEI
               DECOUPLED, BIAS_CORRECTION, GRAD_SCALE)
 
 
-@register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
+@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC},
           writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=adam_scalars,
           hyper=ADAM_HYPER, needs_step=True, typical_lr=1e-2, nonnegative=("exp_avg_sq",),
@@ -82,7 +81,7 @@ variant("adamw", of="adam", fixed={"decoupled_weight_decay": True},
 
 
 # ----------------------------------------------------------------------- AMSGrad
-@register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
+@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC,
                   "max_exp_avg_sq": "the largest second moment so far (start at 0)"},
           writes=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), host_scalars=adam_scalars,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-from math import sqrt as _host_sqrt
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from fusedopt.kernels.rules._common import (
     EXP_AVG_SQ_DOC,
     LR_DOC,
     WEIGHT_DECAY,
+    host_sqrt,
     weight_decay_split,
 )
 
@@ -79,7 +79,7 @@ def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: floa
     exp_avg_coef = lr * mu_next / (1.0 - mu_product * mu_next)
     param_scale, coupled_decay = weight_decay_split(lr, weight_decay, decoupled_weight_decay)
     return (grad_scale, beta1, 1.0 - beta1, beta2, 1.0 - beta2, grad_coef, exp_avg_coef,
-            1.0 / _host_sqrt(1.0 - beta2**step), eps, coupled_decay, param_scale)
+            1.0 / host_sqrt(1.0 - beta2**step), eps, coupled_decay, param_scale)
 
 
 @register(arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
