@@ -93,3 +93,41 @@ def test_bf16_master_weights_with_stochastic_rounding_on_cuda_match_the_cpu():
         assert torch.equal(gpu.cpu(), cpu)
     saved = copy.deepcopy(opts[1].state_dict())
     assert saved["state"][0]["master"].dtype == torch.float32
+
+
+def test_a_capturable_step_replays_in_a_cuda_graph():
+    """capturable=True: the step (scalars from the device step counts, the launch, the
+    counts' advance) captured once in a CUDA graph after warm-up steps on a side stream,
+    then replayed; the same parameters and step counts as eager steps of torch.optim."""
+    nets = [model("cuda"), model("cuda")]
+    ours = fot.Adam(nets[0].parameters(), lr=1e-2, weight_decay=0.01, capturable=True)
+    theirs = torch.optim.Adam(nets[1].parameters(), lr=1e-2, weight_decay=0.01)
+    x = torch.randn(32, 6, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+
+    def grads(net):
+        net.zero_grad(set_to_none=False)
+        ((net(x) - x[:, :3].sin()) ** 2).mean().backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up: state, tables and compiled kernels made
+            grads(nets[0])
+            ours.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    grads(nets[0])
+    with torch.cuda.graph(graph):
+        ours.step()
+    for _ in range(3):
+        grads(nets[1])
+        theirs.step()
+    for _ in range(10):
+        grads(nets[0])
+        graph.replay()
+        grads(nets[1])
+        theirs.step()
+    torch.cuda.synchronize()
+    for p, q in zip(*(n.parameters() for n in nets), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    assert float(ours.state[next(nets[0].parameters())]["step"]) == 13

@@ -108,12 +108,11 @@ def test_fifty_steps_match_torch_optim(name, kwargs, dtype, default_dtype):
                                            atol=tol, msg=lambda m, k=key: f"state {k}: {m}")
 
 
-@pytest.mark.parametrize("name, kwargs", [CASES[0], CASES[3], CASES[6], CASES[12]])
-def test_grad_scaler_unscales_in_the_step_and_skips_an_inf(name, kwargs):
-    """torch.amp.GradScaler hands the step its scale and found_inf (the fused contract):
-    the step with an inf is skipped, the scale halves, and the trajectories agree."""
+def check_grad_scaler(name, kwargs, wrap=lambda opt: opt, **extra):
+    """GradScaler with two injected infs: the same scale and trajectory as torch.optim's,
+    and two steps skipped. ``wrap`` and ``extra`` are for fusedopt's optimizer."""
     ours_net, theirs_net = model(torch.float32), model(torch.float32)
-    ours = getattr(fot, name)(ours_net.parameters(), **kwargs)
+    ours = wrap(getattr(fot, name)(ours_net.parameters(), **kwargs, **extra))
     theirs = getattr(torch.optim, name)(theirs_net.parameters(), **kwargs)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=5)
                for _ in range(2)]
@@ -125,9 +124,9 @@ def test_grad_scaler_unscales_in_the_step_and_skips_an_inf(name, kwargs):
         assert float(ours.state[next(ours_net.parameters())]["step"]) == 18  # two skipped
 
 
-def test_an_injected_inf_changes_nothing():
+def check_an_injected_inf_changes_nothing(wrap=lambda opt: opt, **extra):
     net = model(torch.float32)
-    opt = fot.Adam(net.parameters(), lr=1e-2)
+    opt = wrap(fot.Adam(net.parameters(), lr=1e-2, **extra))
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     train(net, opt, 2, scaler=scaler)
     before = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
@@ -139,6 +138,17 @@ def test_an_injected_inf_changes_nothing():
     for index, state in before[1]["state"].items():
         for key, value in state.items():
             assert torch.equal(after[index][key], value), key
+
+
+@pytest.mark.parametrize("name, kwargs", [CASES[0], CASES[3], CASES[6], CASES[12]])
+def test_grad_scaler_unscales_in_the_step_and_skips_an_inf(name, kwargs):
+    """torch.amp.GradScaler hands the step its scale and found_inf (the fused contract):
+    the step with an inf is skipped, the scale halves, and the trajectories agree."""
+    check_grad_scaler(name, kwargs)
+
+
+def test_an_injected_inf_changes_nothing():
+    check_an_injected_inf_changes_nothing()
 
 
 @pytest.mark.parametrize("name, kwargs", [CASES[1], CASES[4], CASES[7], CASES[11], CASES[13]])
@@ -189,8 +199,12 @@ def test_implementation_flags_are_accepted_or_refused_by_name():
     fot.SGD(params, lr=0.1, foreach=False, fused=None)
     with pytest.raises(ValueError, match="differentiable=True is not supported"):
         fot.Adam(params, differentiable=True)
-    with pytest.raises(ValueError, match="capturable=True is not supported"):
-        fot.AdamW(params, capturable=True)
+    fot.AdamW(params, capturable=True)
+    with pytest.raises(ValueError, match="capturable=True is not supported with the rule "
+                                         "'nadam'"):
+        fot.NAdam(params, capturable=True)
+    with pytest.raises(TypeError, match="capturable must be True or False"):
+        fot.Adam(params, capturable="yes")
     with pytest.raises(TypeError, match="foreach must be None, True or False"):
         fot.NAdam(params, foreach="yes")
     with pytest.raises(ValueError, match="state_dtype='float16'"):

@@ -17,6 +17,9 @@ A step, per parameter group:
 scale and ``found_inf`` as tensors: the gradients are unscaled inside the update
 (``grad_scale = 1/scale``) and a step with an infinite gradient is skipped, its
 step count unchanged, as torch's fused optimizers do.
+
+``capturable=True`` (Adam, AdamW, RMSprop, Lion) reads nothing on the host: see
+:mod:`fusedopt.torch.capturable`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fusedopt.backends import numba_cpu
 from fusedopt.backends.base import ScalarRangeError
 from fusedopt.kernels.dtypes import homogeneous, signature
 from fusedopt.kernels.registry import Rule
-from fusedopt.torch import checks, steps
+from fusedopt.torch import capturable, checks, steps
 from fusedopt.torch.dtypes import LOW, STATE_DTYPES, STORAGE
 
 #: the keys fusedopt adds to torch's param groups
@@ -53,17 +56,16 @@ def precision_defaults(name: str, state_dtype, master_weights, stochastic_roundi
 
 def implementation_flags(name: str, *, foreach=None, fused=None, capturable=False,
                          differentiable=False) -> None:
-    """torch's flags that choose its implementation: fusedopt is always one fused pass."""
+    """torch's flags that choose its implementation: fusedopt is always one fused pass;
+    ``capturable`` chooses the step that reads nothing on the host."""
     for flag_name, value in (("foreach", foreach), ("fused", fused)):
         if value not in (None, True, False):
             raise TypeError(f"{name}: {flag_name} must be None, True or False, not {value!r}")
+    _checks.flag(name, "capturable", capturable)
     if differentiable:
         raise ValueError(f"{name}: differentiable=True is not supported: fusedopt updates the "
                          "parameters in place, outside autograd; use torch.optim for a "
                          "differentiable step")
-    if capturable:
-        raise ValueError(f"{name}: capturable=True is not supported yet: the step reads its "
-                         "step count and learning rate on the host; leave capturable=False")
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -91,10 +93,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         first step."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for key in PRECISION_KEYS:
-            group.setdefault(key, self.defaults.get(key))
+        for key in (*PRECISION_KEYS, "capturable"):
+            group.setdefault(key, self.defaults.get(key, False))
         try:
             rule, hyper = self._rule_hyper(group, {"step": torch.zeros(())})
+            if group["capturable"]:
+                capturable.refuse(type(self).__name__, rule)
+                if group["stochastic_rounding"]:
+                    raise ValueError(f"{type(self).__name__}: capturable=True cannot round "
+                                     "stochastically (its bits come from the host's step "
+                                     "count); leave one of them off")
             lr = as_float(type(self).__name__, "lr", group["lr"])
             _checks.hyperparameters(type(self).__name__, rule.hyper,
                                     dict(hyper, lr=lr, grad_scale=1.0))
@@ -113,12 +121,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         found_inf = getattr(self, "found_inf", None)
         grad_scale = getattr(self, "grad_scale", None)
-        if found_inf is not None and float(found_inf) != 0.0:
-            return loss  # GradScaler: an inf/NaN gradient; nothing moves, not even the step
-        unscale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
-        if not math.isfinite(unscale):
-            raise ValueError(f"{name}.step: the grad scale {float(grad_scale)!r} has no finite "
-                             "inverse")
+        unscale = 1.0
+        if not all(group.get("capturable") for group in self.param_groups):  # host reads
+            if found_inf is not None and float(found_inf) != 0.0:
+                return loss  # GradScaler: an inf/NaN gradient; nothing moves, not the step
+            unscale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+            if not math.isfinite(unscale):
+                raise ValueError(f"{name}.step: the grad scale {float(grad_scale)!r} has no "
+                                 "finite inverse")
         work = []  # everything checked before the first write
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
@@ -127,12 +137,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         launches = []
         offset = 0
         for group, buckets in work:
-            lr = as_float(f"{name}.step", "lr", group["lr"])
+            lr = group["lr"]
+            on_device = group["capturable"] and isinstance(lr, torch.Tensor)
+            lr = 0.0 if on_device else as_float(f"{name}.step", "lr", lr)  # the 0 is checked
             for key, (members, states, addresses) in buckets.items():
                 rule, hyper = self._rule_hyper(group, states[0])
                 sign = -1.0 if group.get("maximize", False) else 1.0
                 hyper = _checks.hyperparameters(f"{name}.step", rule.hyper,
                                                 dict(hyper, lr=lr, grad_scale=sign * unscale))
+                if group["capturable"]:
+                    run = capturable.plan(
+                        f"{name}.step", rule, hyper, key[0], storage_signature(rule, *key[1:4]),
+                        states, addresses, group["lr"] if on_device else lr,
+                        sign if grad_scale is None else sign / grad_scale.double(), found_inf)
+                    launches.append((run, group, members, states, None))
+                    continue
                 offsets = []
                 for p in members:
                     offsets.append(offset)
@@ -141,8 +160,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                                            tuple(offsets), addresses))
         for run, group, members, states, step in launches:  # nothing was written before
             run()
-            steps.advance([s["step"] for s in states])
-            self._after_step(group, members, states, step + 1)
+            if step is not None:  # the capturable runs advance their counts themselves
+                steps.advance([s["step"] for s in states])
+                self._after_step(group, members, states, step + 1)
         return loss
 
     def _grouped(self, name: str, gi: int, group: dict, params: list) -> dict:
@@ -161,6 +181,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         verified = self.__dict__.setdefault("_verified", {})  # not in torch's pickled state
         cached = verified.get(gi)
         if mark is not None and cached is not None and cached[0] == mark:
+            if group["capturable"]:  # no step in the keys: nothing to read
+                return cached[2]
             counts = steps.read([s["step"] for s in states])
             shift = counts[0] - cached[1][0]
             if shift >= 0 and all(now - then == shift
@@ -171,7 +193,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         buckets = self._buckets(group, params, storages)
         states = [self.state[p] for p in params]
         mark = checks.fingerprint(params, states, keys)
-        counts = steps.read([s["step"] for s in states])
+        counts = None if group["capturable"] else steps.read([s["step"] for s in states])
         grouped = {key: (members, member_states, _rows(members, member_states, keys, key[3]))
                    for key, (members, member_states) in buckets.items()}
         if mark is None:
@@ -201,7 +223,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if fresh:
             steps.pack([s for _, s in fresh])
         state_storages = self._checked_states(group, params, all_states, storages)
-        counts = steps.read([s["step"] for s in all_states])
+        counts = ([0] * len(params) if group["capturable"]  # on the device: not read
+                  else steps.read([s["step"] for s in all_states]))
         buckets: dict[tuple, tuple[list, list]] = {}
         for p, state, storage, state_storage, step in zip(params, all_states, storages,
                                                            state_storages, counts, strict=True):
@@ -222,7 +245,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _init_state(self, group: dict, p: torch.Tensor) -> None:
         state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["step"] = torch.zeros((), dtype=torch.float32,
+                                    device=p.device if group["capturable"] else None)
         storage = STORAGE[p.dtype]
         dtype = STATE_DTYPES.get(self._state_storage(group, storage), p.dtype) \
             if storage != "float64" else torch.float64
@@ -248,11 +272,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if rule.needs_step:
             hyper = dict(hyper, step=step + 1)
         if not self._per_tensor:
-            sig = (homogeneous(rule.arrays, storage)
-                   if not master and storage == state_storage and storage not in LOW
-                   else signature(rule.arrays,
-                                  [storage, storage] + [state_storage] * len(state_keys),
-                                  writes=rule.writes, master=master, stochastic=stochastic))
+            sig = storage_signature(rule, storage, state_storage, master, stochastic)
             impl = numba_cpu if device.type == "cpu" else _cuda_backend()
             try:
                 prepared = impl.prepare(rule, hyper, sig, rounding)
@@ -301,8 +321,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            for key in PRECISION_KEYS:
-                group.setdefault(key, self.defaults[key])
+            for key in (*PRECISION_KEYS, "capturable"):
+                group.setdefault(key, self.defaults.get(key, False))
         owner = {p: group for group in self.param_groups for p in group["params"]}
         params = [p for group in self.param_groups for p in group["params"]]
         for index, p in zip(saved_ids, params, strict=True):
@@ -319,7 +339,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if step is None:  # torch's SGD keeps none: a state is past its first step
             state["step"] = torch.ones((), dtype=torch.float32)
         else:
-            state["step"] = torch.as_tensor(step, dtype=torch.float32).reshape(()).cpu().clone()
+            state["step"] = torch.as_tensor(step, dtype=torch.float32).reshape(()).to(
+                p.device if group["capturable"] else "cpu", copy=True)
         storage = STORAGE.get(p.dtype)
         wanted = self._state_storage(group, storage)
         dtype = STATE_DTYPES.get(wanted, p.dtype) if group["state_dtype"] else p.dtype
@@ -334,6 +355,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                                ).contiguous()
         if "mu_product" in saved:
             state["mu_product"] = torch.as_tensor(saved["mu_product"]).clone()
+
+
+def storage_signature(rule: Rule, storage: str, state_storage: str, master: bool,
+                      stochastic: bool = False):
+    """The kernel signature of a bucket: its parameters' and state's storage."""
+    if not master and storage == state_storage and storage not in LOW:
+        return homogeneous(rule.arrays, storage)
+    return signature(rule.arrays, [storage, storage] + [state_storage] * len(rule.state),
+                     writes=rule.writes, master=master, stochastic=stochastic)
 
 
 def _rows(members: list, states: list, keys: tuple[str, ...], master: bool) -> tuple:

@@ -38,7 +38,7 @@ def _throwaway() -> list[torch.Tensor]:
 def _defaults(name: str, reference: torch.optim.Optimizer, flags: dict, precision: dict) -> dict:
     implementation_flags(name, **flags)
     return {**reference.defaults, "foreach": flags.get("foreach"), "fused": flags.get("fused"),
-            **precision_defaults(name, **precision)}
+            "capturable": flags.get("capturable", False), **precision_defaults(name, **precision)}
 
 
 def _betas(name: str, group: dict) -> tuple[float, float]:
@@ -275,7 +275,7 @@ class Lion(FusedOptimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, fused=fused, capturable=False, differentiable=False,
+                        foreach=foreach, fused=fused, capturable=capturable, differentiable=False,
                         **precision_defaults(name, state_dtype, master_weights,
                                              stochastic_rounding, seed))
         super().__init__(params, defaults)

@@ -11,11 +11,16 @@ import torch
 
 
 def pack(states: list[dict]) -> None:
-    """Make the states' steps 0-d views into one float32 tensor (their values kept)."""
-    values = read([s["step"] for s in states])
-    shared = torch.tensor(values, dtype=torch.float32)
-    for k, state in enumerate(states):
-        state["step"] = shared[k]
+    """Make the states' steps 0-d views into one float32 tensor per device (their values
+    and devices kept: a capturable optimizer's are on its parameters' devices)."""
+    by_device: dict[torch.device, list[dict]] = {}
+    for state in states:
+        by_device.setdefault(state["step"].device, []).append(state)
+    for device, alike in by_device.items():
+        values = read([s["step"] for s in alike])
+        shared = torch.tensor(values, dtype=torch.float32, device=device)
+        for k, state in enumerate(alike):
+            state["step"] = shared[k]
 
 
 def shared(steps: list[torch.Tensor]) -> torch.Tensor | None:
