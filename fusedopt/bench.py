@@ -221,8 +221,9 @@ def measure(rule_name: str, n: int, impls=IMPLS, *, min_repeats: int | None = No
 
 
 # ----------------------------------------------------- a whole model: 157 tensors
-MODEL_IMPLS: tuple[str, ...] = ("arena", "list", "arena_clip_nonfinite", "floor",
-                                "fusedopt_torch", "torch_fused", "torch_foreach")
+MODEL_IMPLS: tuple[str, ...] = ("arena", "list", "arena_clip_nonfinite",
+                                "arena_clip_capturable", "floor", "fusedopt_torch",
+                                "fusedopt_torch_capturable", "torch_fused", "torch_foreach")
 
 
 def transformer_like_shapes(layers: int = 12, d: int = 256, vocab: int = 5000,
@@ -248,7 +249,7 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    if impl in ("arena", "arena_clip_nonfinite", "floor"):
+    if impl in ("arena", "arena_clip_nonfinite", "arena_clip_capturable", "floor"):
         arena = ParamArena(params)
         for view, g in zip(arena.grads, grads, strict=True):
             view[...] = g
@@ -260,13 +261,14 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
             adam = RULES["adam"]
             signature = homogeneous(adam.arrays, p.dtype)
             return lambda: numba_cpu.floor(adam, (p, g, m, v), signature)
-        extra = (dict(max_grad_norm=1e9, nonfinite="skip") if impl == "arena_clip_nonfinite"
-                 else {})
+        extra = ({} if impl == "arena" else
+                 dict(max_grad_norm=1e9, nonfinite="skip",
+                      capturable=impl == "arena_clip_capturable"))
         return Adam(arena, lr=1e-3, **extra).step
     if impl == "list":
         opt = Adam(params, lr=1e-3)
         return lambda: opt.step(grads)
-    if impl in ("torch_fused", "torch_foreach", "fusedopt_torch"):
+    if impl in ("torch_fused", "torch_foreach", "fusedopt_torch", "fusedopt_torch_capturable"):
         try:
             import torch
         except ImportError:
@@ -274,10 +276,10 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
         tparams = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
         for tp, g in zip(tparams, grads, strict=True):
             tp.grad = torch.from_numpy(g)
-        if impl == "fusedopt_torch":
+        if impl.startswith("fusedopt_torch"):
             import fusedopt.torch as fot
 
-            return fot.Adam(tparams, lr=1e-3).step
+            return fot.Adam(tparams, lr=1e-3, capturable=impl.endswith("capturable")).step
         flag = {"torch_fused": "fused", "torch_foreach": "foreach"}[impl]
         return torch.optim.Adam(tparams, lr=1e-3, **{flag: True}).step
     raise ValueError(f"impl={impl!r} is not one of {MODEL_IMPLS}")

@@ -148,6 +148,13 @@ def bench_model(cupy, torch, fo, repeats: int, shapes=None) -> list[dict]:
     clip = fo.Adam(arena, lr=1e-3, max_grad_norm=1e9, nonfinite="skip")
     rows.append(dict(impl="arena_clip_nonfinite",
                      median_s=statistics.median(time_cupy(cupy, clip.step, repeats))))
+    device_clip = fo.Adam(arena, lr=1e-3, max_grad_norm=1e9, nonfinite="skip", capturable=True)
+    rows.append(dict(impl="arena_clip_capturable",
+                     median_s=statistics.median(time_cupy(cupy, device_clip.step, repeats))))
+    replay = _cupy_graph(cupy, device_clip.step)
+    if replay is not None:
+        rows.append(dict(impl="arena_clip_graph",
+                         median_s=statistics.median(time_cupy(cupy, replay, repeats))))
     arrays = [cupy.asarray(a) for a in host]
     grads = [cupy.full_like(a, 1e-3) for a in arrays]
     listed = fo.Adam(arrays, lr=1e-3)
@@ -161,9 +168,16 @@ def bench_model(cupy, torch, fo, repeats: int, shapes=None) -> list[dict]:
         for p in params:
             p.grad = torch.full_like(p, 1e-3)
         for impl, opt in (("fusedopt_torch", fot.Adam(params, lr=1e-3)),
+                          ("fusedopt_torch_capturable", fot.Adam(params, lr=1e-3,
+                                                                 capturable=True)),
                           ("torch_fused", torch.optim.Adam(params, lr=1e-3, fused=True))):
             rows.append(dict(impl=impl, median_s=statistics.median(
                 time_torch(torch, opt.step, repeats))))
+            if impl == "fusedopt_torch_capturable":
+                replay = _torch_graph(torch, opt.step)
+                if replay is not None:
+                    rows.append(dict(impl="fusedopt_torch_graph", median_s=statistics.median(
+                        time_torch(torch, replay, repeats))))
     torch_time = next((r["median_s"] for r in rows if r["impl"] == "torch_fused"), None)
     arena_time = rows[0]["median_s"]
     for r in rows:
@@ -171,6 +185,43 @@ def bench_model(cupy, torch, fo, repeats: int, shapes=None) -> list[dict]:
                  x_torch_fused=None if torch_time is None else r["median_s"] / torch_time,
                  x_arena=r["median_s"] / arena_time)
     return rows
+
+
+def _cupy_graph(cupy, step):
+    """``step`` captured in a CUDA graph on a CuPy stream (after a warm-up call): a
+    function replaying it on the current stream, or None where capture fails (the
+    failure is printed: the table then lacks the row)."""
+    try:
+        step()
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            step()
+            graph = stream.end_capture()
+        return lambda: graph.launch(cupy.cuda.get_current_stream())
+    except Exception as exc:  # a row missing, with why, is better than no benchmark
+        print(f"CuPy graph capture failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _torch_graph(torch, step):
+    """``step`` captured with ``torch.cuda.graph`` after warm-up calls on a side stream:
+    the graph's replay, or None where capture fails (printed)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph.replay
+    except Exception as exc:
+        print(f"torch CUDA graph capture failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return None
 
 
 def model_table(model: list[dict]) -> str:

@@ -115,3 +115,17 @@ def test_distributed_example_runs_alone_and_under_mpiexec(tmp_path):
     fo.load(tmp_path / "zero.npz", opt)
     assert opt.step_count == 100 and float(arena.params[1].mean()) == pytest.approx(means[1],
                                                                                      abs=1e-4)
+
+
+def test_capturable_example_runs_and_counts_its_steps_on_the_parameters_device():
+    torch = pytest.importorskip("torch", reason="the PyTorch example needs torch")
+    block = next(b for b in python_blocks() if "capturable=True" in b)
+    scope: dict = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), scope)
+    assert out.getvalue().strip() == "tensor(3.)"
+    model, opt = scope["model"], scope["opt"]
+    assert opt.state[model.weight]["step"].device == model.weight.device
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(1e-3 * 0.9**3)
+    assert not torch.equal(opt.state[model.weight]["exp_avg"], torch.zeros_like(model.weight))

@@ -27,6 +27,8 @@ catches NaN/inf gradients; both use one extra read of the gradients (a
 float64 sum of squares), and the clip factor enters the fused step as a
 scalar (``grad_scale``), so no pass writes the gradients. A skipped step
 leaves the parameters, the state and the step count as they were.
+``capturable=True`` does all of it on the device, with no host sync
+(:mod:`fusedopt.optim.device_step`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
 from fusedopt.kernels.dtypes import STATE_DTYPES
 from fusedopt.kernels.registry import GRAD_SCALE, flag
-from fusedopt.optim import launches, messages
+from fusedopt.optim import device_step, launches, messages
 from fusedopt.optim.checkpoint import Checkpointing
-from fusedopt.optim.groups import ParamGroup, checked_grad
+from fusedopt.optim.counters import Counters
+from fusedopt.optim.groups import ParamGroup
+from fusedopt.optim.units import checked_units
 
 _GROUP_KEYS = {"params", "schedule"}
 
@@ -65,7 +69,7 @@ def _state_dtype(name: str, value) -> str | None:
     return text
 
 
-class Optimizer(Checkpointing):
+class Optimizer(Counters, Checkpointing):
     """Base class: see the module docstring. Subclasses set ``variant``."""
 
     variant: ClassVar[Variant]
@@ -100,12 +104,13 @@ class Optimizer(Checkpointing):
                  nonfinite: str | None = None, backend: str | None = None,
                  state_dtype: str | None = None, master_weights: bool = False,
                  stochastic_rounding: bool = False, seed: int = 0, comm=None,
-                 shard_state: bool = False, **hyper):
+                 shard_state: bool = False, capturable: bool = False, **hyper):
         name = type(self).__name__  # (comm and shard_state are __new__'s)
         state_dtype = _state_dtype(name, state_dtype)
         master_weights = _checks.flag(name, "master_weights", master_weights)
         stochastic_rounding = _checks.flag(name, "stochastic_rounding", stochastic_rounding)
         seed = _checks.seed(name, seed)
+        capturable = _checks.flag(name, "capturable", capturable)
         hyper = self._without_fixed(hyper, name)
         specs = {h.name for h in self.hyper_specs()}
         unknown = set(hyper) - specs
@@ -154,15 +159,25 @@ class Optimizer(Checkpointing):
                 raise ValueError(f"{name}: state_dtype={state_dtype!r}, but group {gi} has "
                                  "float64 parameters, whose state is float64; drop state_dtype "
                                  "or use float32 parameters")
+        if capturable:
+            device_step.refuse(name, [g.rule for g in self.groups], nonfinite=nonfinite,
+                               stochastic_rounding=stochastic_rounding)
         self.state_dtype, self.master_weights = state_dtype, master_weights
         self.stochastic_rounding, self.seed = stochastic_rounding, seed
         self.backend = _checks.backend_for(name, kind, backend)
+        if capturable and self.backend == "numpy":
+            raise ValueError(f"{name}: capturable=True runs on the 'numba' or 'cupy' backend "
+                             "(the reference backend reads its scalars on the host)")
         self._impl = backends.get(self.backend)
         self._xp = np if kind == "numpy" else __import__("cupy")
         self._layout: tuple | None = None  # the step's launches (optim.launches), kept
         self._written: tuple | None = None  # the arrays a step writes, by owner, kept
         self._seen = launches.SeenGrads()  # the last step's gradients, checked
         self._generation: int | None = None  # the step's, where its gradients are seen
+        self.capturable = capturable
+        self._device_counts = (device_step.counters(self._xp, self.groups) if capturable
+                               else None)
+        self._calls = 0  # step() calls: a capturable step's schedule runs by them
         self.step_count = 0
         self.epoch = 1
         self.skipped_steps = 0
@@ -220,7 +235,7 @@ class Optimizer(Checkpointing):
     @property
     def lr(self) -> float:
         """The learning rate the next step uses (of the first group)."""
-        return self._lr(self.groups[0], self.step_count + 1)
+        return self._lr(self.groups[0], (self._calls if self.capturable else self.step_count) + 1)
 
     @lr.setter
     def lr(self, value: float) -> None:
@@ -238,80 +253,9 @@ class Optimizer(Checkpointing):
 
     # --------------------------------------------------------------------------- step
     def _units(self, grads) -> list[list[tuple]]:
-        """Per group, the (param, grad) pairs to launch over; every check before any write.
-
-        Checked at every step, not only at construction, because the caller owns the
-        arrays: each parameter (and state array) must still be writeable, and no gradient
-        may share memory with any parameter or state array (not only its own).
-        """
-        name = type(self).__name__
-        list_groups = [g for g in self.groups if g.arena is None]
-        if grads is None:
-            if list_groups:
-                raise TypeError(f"{name}.step() needs grads: a sequence matching the "
-                                "parameters (only a ParamArena supplies its own)")
-            out = [g.arena_grads() for g in self.groups]
-            self._generation = None
-            self._grad_storage = [list(g.unit_storage) for g in self.groups]
-            self._check_writeable(name)
-            return out
-        if not list_groups:
-            raise TypeError(f"{name}.step(grads): this optimizer updates ParamArena(s); write "
-                            "the gradients into arena.grads and call step() with no arguments")
-        if isinstance(grads, (np.ndarray, str)) or not isinstance(grads, Sequence):
-            raise TypeError(f"{name}.step: grads must be a sequence of arrays, one per parameter")
-        expected = sum(len(g.tensors) for g in list_groups)
-        if len(grads) != expected:
-            raise ValueError(f"{name}.step: got {len(grads)} gradients for {expected} "
-                             "parameters; pass one per parameter, in order")
-        if self._seen.matches(self.groups, grads):
-            self._generation = self._seen.generation
-            self._check_writeable(name)
-            self._grad_storage = self._seen.storages
-            return launches.pairs(self.groups, grads)
-        out, k, given, storages = [], 0, [], []
-        for group in self.groups:
-            if group.arena is not None:
-                out.append(group.arena_grads())
-                storages.append(list(group.unit_storage))
-                continue
-            pairs, group_storages = [], []
-            for p, p_bits, p_storage in zip(group.tensors, group.unit_params, group.storage,
-                                            strict=True):
-                g, g_storage = checked_grad(name, k, grads[k], p, group.kind, p_storage)
-                pairs.append((p_bits, g))
-                group_storages.append(g_storage)
-                given.append(g)
-                k += 1
-            out.append(pairs)
-            storages.append(group_storages)
-        self._check_writeable(name)
-        if self._written is None or not launches.same(self._written[0], self.groups):
-            arrays = []
-            for group in self.groups:
-                for k, p in enumerate(group.unit_params):
-                    arrays.append(p)
-                    arrays.extend(group.state[k] if group.state is not None else ())
-                    if group.master is not None and group.master[k] is not None:
-                        arrays.append(group.master[k])
-            self._written = (launches.identity(self.groups), arrays, _checks.owners(arrays))
-        _checks.no_alias(f"{name}.step", self._written[1],
-                         lambda: messages.written_names(self.groups), given,
-                         lambda: [f"grads[{k}]" for k in range(len(given))],
-                         owned=self._written[2])
-        self._grad_storage = storages
-        self._seen.remember(self.groups, grads, given, storages)
-        self._generation = self._seen.generation if self._seen.key is not None else None
-        return out
-
-    def _check_writeable(self, name: str) -> None:
-        for gi, group in enumerate(self.groups):
-            for k, p in enumerate(group.unit_params):
-                if self._xp is np and not p.flags.writeable:
-                    what = (f"the arena's {p.dtype} buffer" if group.arena is not None
-                            else f"group {gi} parameter {k}")
-                    raise ValueError(f"{name}.step: {what} has become read-only; parameters "
-                                     "are updated in place (make it writeable again)")
+        """Per group, the (param, grad) pairs to launch over, every check done before any
+        write (:func:`fusedopt.optim.units.checked_units`)."""
+        return checked_units(self, grads)
 
     def step(self, grads=None, *, grad_scale: float = 1.0) -> bool:
         """One update of every parameter; returns False when a non-finite step was skipped.
@@ -328,6 +272,8 @@ class Optimizer(Checkpointing):
             grad_scale = _checks.real(f"{type(self).__name__}.step", "grad_scale", grad_scale,
                                       0.0, lo_open=True)
         units = self._units(grads)
+        if self.capturable:
+            return device_step.step(self, units, grad_scale)
         t = self.step_count + 1
         if t > _checks.MAX_COUNT:  # the checkpoint of a later step could not be loaded
             raise ValueError(f"{type(self).__name__}.step: the step count would pass 2**53, the "
@@ -360,18 +306,7 @@ class Optimizer(Checkpointing):
             elif self.max_grad_norm is not None and norm + 1e-6 > self.max_grad_norm:
                 scale = (self.max_grad_norm / (norm + 1e-6) if math.isfinite(norm)
                          else clip_scale(self.max_grad_norm, totals) / grad_scale)
-        for group in self.groups:
-            if group.state is None:
-                group.allocate(self._xp, self.state_dtype, self.master_weights)
-        cached = self._layout  # (identity, stochastic, gradient storages, runs)
-        if (cached is None or not launches.same(cached[0], self.groups)
-                or cached[1] != self.stochastic_rounding or cached[2] != self._grad_storage):
-            storages = [list(s) for s in self._grad_storage]
-            cached = self._layout = (launches.identity(self.groups), self.stochastic_rounding,
-                                     storages, launches.layout(self.groups, storages,
-                                                               self.stochastic_rounding,
-                                                               self._firsts))
-        runs = cached[3]
+        runs = self._runs()
         impl = self._impl
         rounding = (self.seed, t)
         hypers = [self._launch_hyper(group, lr, scale * grad_scale, t)
@@ -390,3 +325,19 @@ class Optimizer(Checkpointing):
                             device_id, self._generation)
         self.step_count = t
         return True
+
+    def _runs(self) -> list:
+        """The step's launches (:mod:`fusedopt.optim.launches`), the state allocated first;
+        kept while the groups, their state and the gradients' storage stay the same."""
+        for group in self.groups:
+            if group.state is None:
+                group.allocate(self._xp, self.state_dtype, self.master_weights)
+        cached = self._layout  # (identity, stochastic, gradient storages, runs)
+        if (cached is None or not launches.same(cached[0], self.groups)
+                or cached[1] != self.stochastic_rounding or cached[2] != self._grad_storage):
+            storages = [list(s) for s in self._grad_storage]
+            cached = self._layout = (launches.identity(self.groups), self.stochastic_rounding,
+                                     storages, launches.layout(self.groups, storages,
+                                                               self.stochastic_rounding,
+                                                               self._firsts))
+        return cached[3]

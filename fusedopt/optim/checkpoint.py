@@ -133,6 +133,8 @@ class Checkpointing:
         self.step_count = counters["step"]
         self.epoch = counters["epoch"]
         self.skipped_steps = counters["skipped_steps"]
+        self._calls = counters["step"] + counters["skipped_steps"]  # every call applied or
+        # skipped: a capturable optimizer's by="step" schedule goes on from there
 
     def _staged_group(self, where: str, group, entry) -> tuple:
         """(group, hyper, rule, params on device, state on device or None), all checked."""

@@ -36,9 +36,11 @@ _COMMON = [
                      "gradients, as data-parallel training does"),
     ("shard_state", "False", "with a ParamArena: ZeRO-1, each rank holding 1/W of the state "
                              "(and master copy); see fusedopt.optim.parallel"),
+    ("capturable", "False", "clip, skip and count steps on the device, with no host sync (a "
+                            "CUDA graph can capture the step); see fusedopt.optim.device_step"),
 ]
 _FORWARDED = ("schedule", "by", "max_grad_norm", "nonfinite", "backend", "state_dtype",
-              "master_weights", "stochastic_rounding", "seed")
+              "master_weights", "stochastic_rounding", "seed", "capturable")
 
 
 def _docstring(cls_name: str, v: Variant, specs) -> str:
@@ -67,7 +69,7 @@ def _init_source(name: str, v: Variant, specs) -> str:
                "nonfinite: str | None = None", "backend: str | None = None",
                "state_dtype: str | None = None", "master_weights: bool = False",
                "stochastic_rounding: bool = False", "seed: int = 0", "comm=None",
-               "shard_state: bool = False"]
+               "shard_state: bool = False", "capturable: bool = False"]
     forwarded = [f"{n}={n}" for n in _FORWARDED]
     forwarded += [f"{h.name}={h.name}" for h in specs] + [f"{k}={k}" for k in v.fixed]
     return (f"def {name}({', '.join(params)}) -> None:\n"

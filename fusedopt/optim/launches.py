@@ -112,18 +112,24 @@ def launch(impl, run: Run, pairs: list[tuple], prepared: tuple, device_id: int |
     addresses are then those of the run's last launch of that generation)."""
     rows_launch = getattr(impl, "launch_rows", None)
     if rows_launch is not None and len(run.units) > 1:
-        if generation is not None and run.generation == generation:
-            rows = run.grad_rows
-        else:
-            address = multi_tensor.address
-            rows = tuple((row[0], address(pairs[k][1]), *row[1:])
-                         for k, row in zip(run.units, run.rows, strict=True))
-            run.grad_rows, run.generation = rows, -1 if generation is None else generation
         extra = {} if device_id is None else {"device_id": device_id}
-        rows_launch(run.rule, rows, run.sizes, prepared, run.offsets, **extra)
+        rows_launch(run.rule, grad_rows(run, pairs, generation), run.sizes, prepared,
+                    run.offsets, **extra)
         return
     for k, statics, offset in zip(run.units, run.statics, run.offsets, strict=True):
         impl.launch(run.rule, (statics[0], pairs[k][1], *statics[1:]), prepared, offset)
+
+
+def grad_rows(run: Run, pairs: list[tuple], generation: int | None = None) -> tuple:
+    """The run's rows of addresses with this step's gradients' (``pairs[unit] = (param,
+    grad)``), kept for the remembered gradients of ``generation``."""
+    if generation is not None and run.generation == generation:
+        return run.grad_rows
+    address = multi_tensor.address
+    rows = tuple((row[0], address(pairs[k][1]), *row[1:])
+                 for k, row in zip(run.units, run.rows, strict=True))
+    run.grad_rows, run.generation = rows, -1 if generation is None else generation
+    return rows
 
 
 class SeenGrads:

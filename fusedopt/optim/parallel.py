@@ -136,6 +136,10 @@ class ParallelOptimizer:
         if not self.shard_state:
             self.inner = cls(params, **kwargs)
             return
+        if kwargs.get("capturable"):
+            raise ValueError(f"{name}: capturable=True with shard_state=True is not supported "
+                             "(the global norm of the shards is summed on the host); use "
+                             "shard_state=False or capturable=False")
         if self.arena is None:
             raise TypeError(f"{name}: shard_state=True shards the flat buffers of a "
                             f"ParamArena; pass one (a list of arrays takes shard_state=False)")
