@@ -261,9 +261,8 @@ def make_model_step(impl: str, shapes, seed: int = 0) -> Callable[[], None] | No
             adam = RULES["adam"]
             signature = homogeneous(adam.arrays, p.dtype)
             return lambda: numba_cpu.floor(adam, (p, g, m, v), signature)
-        extra = ({} if impl == "arena" else
-                 dict(max_grad_norm=1e9, nonfinite="skip",
-                      capturable=impl == "arena_clip_capturable"))
+        extra = ({} if impl == "arena" else dict(max_grad_norm=1e9, nonfinite="skip",
+                                                  capturable=impl == "arena_clip_capturable"))
         return Adam(arena, lr=1e-3, **extra).step
     if impl == "list":
         opt = Adam(params, lr=1e-3)

@@ -30,7 +30,6 @@ import threading
 from collections import OrderedDict
 
 from fusedopt import config
-from fusedopt.backends import cupy_cuda, numba_cpu
 from fusedopt.backends.base import NORM_SBIG, NORM_SSML, ScalarRangeError, check_scalars
 
 #: index of each counter in the optimizer's device counters
@@ -154,6 +153,7 @@ def step(opt, units: list, grad_scale: float) -> None:
     import numpy as np
 
     from fusedopt import _checks
+    from fusedopt.backends import cupy_cuda, numba_cpu  # numba only when a step runs
     from fusedopt.optim import launches
 
     name = f"{type(opt).__name__}.step"
