@@ -317,10 +317,10 @@ def format_model_table(rows: list[dict]) -> str:
 
     first = rows[0]
     lines = [f"Adam over {first['tensors']} tensors, {first['elements']:,} fp32 parameters",
-             f"{'impl':<22}{'median':>11}{'x torch fused':>14}{'x arena':>14}{'x floor':>14}",
-             "-" * 75]
+             f"{'impl':<26}{'median':>11}{'x torch fused':>14}{'x arena':>14}{'x floor':>14}",
+             "-" * 79]
     for r in rows:
-        lines.append(f"{r['impl']:<22}{r['median_s'] * 1e3:>8.3f} ms{num(r['x_torch_fused'])}"
+        lines.append(f"{r['impl']:<26}{r['median_s'] * 1e3:>8.3f} ms{num(r['x_torch_fused'])}"
                      f"{num(r['x_arena'])}{num(r['x_floor'])}")
     return "\n".join(lines)
 

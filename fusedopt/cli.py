@@ -82,8 +82,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                  min_seconds=args.seconds)
         table = bench.format_model_table(rows)
         legend = ("arena: fo.Adam over a ParamArena (one launch); list: fo.Adam over the 157 "
-                  "arrays (one launch each); arena_clip_nonfinite: with max_grad_norm and "
-                  "nonfinite='skip'; floor: one pass moving Adam's 7 streams with no math.")
+                  "arrays (one call); arena_clip_nonfinite: with max_grad_norm and "
+                  "nonfinite='skip'; arena_clip_capturable: the same on the device "
+                  "(capturable=True, no host read); floor: one pass moving Adam's 7 streams "
+                  "with no math; fusedopt_torch(_capturable): fusedopt.torch.Adam "
+                  "(capturable=True).")
     else:
         progress = (lambda msg: print(msg, file=sys.stderr)) if not args.json else None
         key, rows = "results", bench.ratios(bench.run(
