@@ -206,3 +206,17 @@ def test_on_the_emulated_gpu_nothing_is_read_and_the_bits_are_the_cpus(host_cupy
     tensors = [m.params if arena else m for m in made]
     assert_same_bits(*tensors)
     assert (ours.step_count, ours.skipped_steps) == (7, 1)
+
+
+def test_data_parallel_over_a_world_of_one_takes_the_capturable_step():
+    """comm= without shard_state: the summed gradients go to the capturable local step."""
+    from fusedopt.distributed import SOLO
+
+    made = [fo.ParamArena(params()), fo.ParamArena(params())]
+    options = dict(lr=1e-2, max_grad_norm=0.5, nonfinite="skip")
+    ours = fo.Adam(made[0], comm=SOLO, capturable=True, **options)
+    theirs = fo.Adam(made[1], **options)
+    for opt, arena in zip((ours, theirs), made, strict=True):
+        run(opt, 6, arena, nan_at=(2,))
+    assert_same_bits(made[0].params, made[1].params)
+    assert (ours.step_count, ours.skipped_steps) == (5, 1)

@@ -167,3 +167,20 @@ def test_what_a_capturable_step_cannot_do_is_refused_when_built():
                              "stochastic_rounding": True})
     assert len(opt.param_groups) == 1
 
+
+
+@pytest.mark.parametrize("master_weights", [False, True])
+def test_bf16_parameters_take_the_same_bits_as_the_host_step(master_weights):
+    """bf16 parameters (float32 master copies or not), nearest rounding: the capturable
+    step stores the bits of fusedopt's host-scalar step."""
+    nets = model(torch.bfloat16), model(torch.bfloat16)
+    opts = [fot.AdamW(net.parameters(), lr=1e-2, master_weights=master_weights,
+                      capturable=capturable) for net, capturable in zip(nets, (True, False),
+                                                                        strict=True)]
+    for net, opt in zip(nets, opts, strict=True):
+        train(net, opt, 8)
+    for p, q in zip(*(net.parameters() for net in nets), strict=True):
+        assert torch.equal(p, q)
+    if master_weights:
+        state = opts[0].state[next(nets[0].parameters())]
+        assert state["master"].dtype == torch.float32
