@@ -41,6 +41,7 @@ from typing import ClassVar
 import numpy as np
 
 from fusedopt import _checks, backends
+from fusedopt.arena import ParamArena
 from fusedopt.backends.base import ScalarRangeError, clip_scale, norm_from_sums
 from fusedopt.kernels import Hyper, Rule, Variant
 from fusedopt.kernels.dtypes import STATE_DTYPES
@@ -131,8 +132,12 @@ class Optimizer(Counters, Checkpointing):
         self.by, self.max_grad_norm, self.nonfinite = by, max_grad_norm, nonfinite
         defaults = self._validate(hyper, name)
         self.groups: list[ParamGroup] = []
-        specs_list = (list(params) if isinstance(params, Sequence) and params
-                      and isinstance(params[0], dict) else [{"params": params}])
+        # (lists and tuples first: an ABC check of an arena walks Sequence's subclasses and
+        # grows their caches on every optimizer made)
+        listed = isinstance(params, (list, tuple)) or (
+            not isinstance(params, ParamArena) and isinstance(params, Sequence))
+        specs_list = (list(params) if listed and params and isinstance(params[0], dict)
+                      else [{"params": params}])
         for index, spec in enumerate(specs_list):
             if not isinstance(spec, dict) or "params" not in spec:
                 raise TypeError(f"{name}: group {index} must be a dict with a 'params' entry")
