@@ -262,8 +262,9 @@ class Optimizer(Counters, Checkpointing):
         write (:func:`fusedopt.optim.units.checked_units`)."""
         return checked_units(self, grads)
 
-    def step(self, grads=None, *, grad_scale: float = 1.0) -> bool:
-        """One update of every parameter; returns False when a non-finite step was skipped.
+    def step(self, grads=None, *, grad_scale: float = 1.0) -> bool | None:
+        """One update of every parameter; returns False when a non-finite step was skipped
+        (None with ``capturable=True``: the device decides, and the host does not wait).
 
         Args:
             grads: one gradient per parameter, in order (NumPy/CuPy arrays or DLPack

@@ -155,7 +155,7 @@ class ParallelOptimizer:
         self.inner._reduce_totals = self._all_reduce_totals
 
     # ---------------------------------------------------------------- the step
-    def step(self, grads=None, *, grad_scale: float = 1.0) -> bool:
+    def step(self, grads=None, *, grad_scale: float = 1.0) -> bool | None:
         """One update from every rank's gradients (their average); returns False when a
         non-finite step was skipped (on every rank alike)."""
         name = type(self.inner).__name__
