@@ -184,3 +184,32 @@ def test_bf16_parameters_take_the_same_bits_as_the_host_step(master_weights):
     if master_weights:
         state = opts[0].state[next(nets[0].parameters())]
         assert state["master"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad-scaler"])
+def test_parameters_at_different_steps_share_one_launch(scaled):
+    """Parameters without a gradient in some steps fall behind: one bucket, one launch, each
+    tensor's bias correction from its own device count (row t of the scalars); with
+    GradScaler, an inf at step 4 holds back only the counts of that step's members."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5)) for _ in range(4)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opts = fot.Adam(ours, lr=0.1, capturable=True), torch.optim.Adam(theirs, lr=0.1)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=4.0) if scaled else None
+               for _ in range(2)]
+    for t in range(8):
+        for params, opt, scaler in zip((ours, theirs), opts, scalers, strict=True):
+            opt.zero_grad()
+            loss = sum(((k + 1) * (t + 1) * p).sum() for k, p in enumerate(params) if (t + k) % 3)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            if scaled and t == 4:
+                params[1].grad[0] = float("inf")
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
+    for p, q in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+        assert float(opts[0].state[p]["step"]) == float(opts[1].state[q]["step"])
+    assert len({float(opts[0].state[p]["step"]) for p in ours}) == 2  # really apart
