@@ -81,7 +81,7 @@ def host_cupy(host_library, monkeypatch):
     module = fake_cupy(host_library)
     monkeypatch.setitem(sys.modules, "cupy", module)
     caches = (cupy_cuda._kernel, cupy_cuda._multi_kernel, cupy_cuda._multiprocessors,
-              cupy_cuda._norm_kernels)
+              cupy_cuda._norm_kernels, cupy_cuda._norm_multi_kernel)
     for cached in caches:
         cached.cache_clear()
     HostRawKernel.launches = []

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fusedopt.backends import cuda_codegen, cupy_cuda
+from fusedopt.backends import cuda_codegen, cuda_lowp, cupy_cuda
 from fusedopt.kernels import RULES, Rule
 
 DTYPES = ("float32", "float64")
@@ -89,6 +89,18 @@ def multi_launcher(rule: Rule, dtype, capturable: bool = False) -> str:
             "    }\n}\n")
 
 
+def norm_launcher(kernel: str) -> str:
+    """C++ for ``launch_<norm kernel>(grid, block, table, chunks, n_chunks, partials)``."""
+    return (f'extern "C" void launch_{kernel}(unsigned grid, unsigned block, '
+            "const long long* _table, const long long* _chunks, long long _n_chunks, "
+            "double* _partials) {\n"
+            "  gridDim.x = grid; blockDim.x = block;\n"
+            "  for (unsigned b = 0; b < grid; ++b)\n"
+            "    for (unsigned t = 0; t < block; ++t) {\n"
+            f"      blockIdx.x = b; threadIdx.x = t; {kernel}(_table, _chunks, _n_chunks, "
+            "_partials);\n    }\n}\n")
+
+
 def build_host_library(directory: Path) -> ctypes.CDLL | None:
     """Every rule's CUDA source compiled for the host; None without a C++ compiler."""
     compiler = shutil.which("g++") or shutil.which("c++")
@@ -107,6 +119,15 @@ def build_host_library(directory: Path) -> ctypes.CDLL | None:
             parts.append(cuda_multi.cuda_multi_source(rule_name, dtype, True).replace(
                 cuda_codegen.device_function(rule, dtype), ""))
             parts.append(multi_launcher(rule, dtype, True))
+    helpers_done = False
+    for storage in ("float32", "float64", "bfloat16", "float16"):
+        text = cuda_multi.norm_source(storage)
+        if storage in cupy_cuda.LOW_PRECISION:
+            if helpers_done:  # defined once, with the first 16-bit kernel
+                text = text.replace(cuda_lowp.HELPERS, "")
+            helpers_done = True
+        parts.append(text)
+        parts.append(norm_launcher(cuda_multi.norm_kernel_name(storage)))
     source = directory / "kernels.cpp"
     source.write_text("\n".join(parts))
     library = directory / "kernels.so"

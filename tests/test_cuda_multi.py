@@ -183,3 +183,49 @@ def test_the_capturable_kernel_reads_per_tensor_scalars_and_the_skip_flag(host_c
             for name, x, y, z, w in zip(rule.arrays, g, c, a, b, strict=True):
                 assert np.array_equal(y, z if not skip else w, equal_nan=True), (k, name)
                 assert np.array_equal(np.asarray(x), y, equal_nan=True), (rule_name, k, name)
+
+
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16", "float16"])
+def test_every_multi_tensor_norm_kernel_compiles_with_nvrtc(nvrtc, storage):  # noqa: F811
+    ptx = compile_ptx(nvrtc, cuda_multi.norm_source(storage), "sm_90")
+    assert re.search(rf"\.entry {cuda_multi.norm_kernel_name(storage)}\(", ptx)
+
+
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16", "float16"])
+def test_the_norm_of_a_list_in_one_launch_equals_the_oracles(host_cupy, storage):
+    """A thousand tensors (empty, odd-sized, misaligned) in one launch: the accumulators of
+    the float64 oracle (numpy_ref.norm_sums per tensor, summed), to float64 rounding; a NaN
+    or an inf anywhere makes them non-finite."""
+    from host_cuda import HostRawKernel
+
+    from fusedopt.backends import numpy_ref
+    from fusedopt.kernels.rounding import nearest as encode  # float32 -> 16-bit patterns
+
+    rng = np.random.default_rng(5)
+    sizes = [int(n) for n in rng.integers(0, 50, 1100)] + [0, 70_000, 1]
+    values = [rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3) for n in sizes]
+    if storage == "float64":  # every range: squares that overflow and that underflow
+        values[3][:2], values[7][:1] = [1e200, -3e180], [1e-170]
+    if storage in ("bfloat16", "float16"):
+        host = [encode(v.astype(np.float32), storage) for v in values]
+    else:
+        host = [v.astype(storage) for v in values]
+    arrays = []
+    for k, h in enumerate(host):  # each a view at an odd element offset
+        buffer = host_cupy.zeros(h.size + 1, h.dtype)
+        buffer[k % 2: k % 2 + h.size] = h
+        arrays.append(buffer[k % 2: k % 2 + h.size])
+    HostRawKernel.launches = []
+    got = cupy_cuda.norm_sums_many(arrays, [storage] * len(arrays))
+    assert [name for name, _, _ in HostRawKernel.launches] == [
+        cuda_multi.norm_kernel_name(storage)]
+    expected = np.sum([numpy_ref.norm_sums(h, storage) for h in host], axis=0)
+    np.testing.assert_allclose([float(x) for x in got], expected, rtol=1e-12, atol=0.0)
+    if storage == "float64":
+        assert expected[0] > 0 and expected[2] > 0  # the big and small ranges were used
+    bad = np.array(host[4])
+    low = storage in ("bfloat16", "float16")
+    bad[0] = encode(np.array([np.inf], np.float32), storage)[0] if low else np.nan
+    arrays[4][...] = bad
+    assert not np.isfinite([float(x) for x in cupy_cuda.norm_sums_many(
+        arrays, [storage] * len(arrays))]).all()

@@ -289,10 +289,8 @@ class Optimizer(Counters, Checkpointing):
         if self.max_grad_norm is not None or self.nonfinite is not None:
             # One read of the gradients; on a GPU the partial sums stay on the device and the
             # host reads their total once.
-            sums = [self._impl.norm_sums(g, storage)
-                    for pairs, group_storage in zip(units, self._grad_storage, strict=True)
-                    for (_, g), storage in zip(pairs, group_storage, strict=True)]
-            totals = [float(sum(s[k] for s in sums)) for k in range(3)]
+            totals = [float(t) for t in launches.norm_totals(self._impl, units,
+                                                              self._grad_storage)]
             if self._reduce_totals is not None:  # the other ranks' blocks (optim.parallel)
                 totals = self._reduce_totals(totals)
             # inf only for NaN/inf, or a norm beyond float64

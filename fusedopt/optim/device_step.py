@@ -169,10 +169,7 @@ def step(opt, units: list, grad_scale: float) -> None:
         applied = counts[APPLIED:APPLIED + 1]
         factor, skip = grad_scale, _no_skip(xp, device)
         if opt.max_grad_norm is not None or opt.nonfinite is not None:
-            sums = [opt._impl.norm_sums(g, storage)
-                    for pairs, group_storage in zip(units, opt._grad_storage, strict=True)
-                    for (_, g), storage in zip(pairs, group_storage, strict=True)]
-            totals = [sum(s[k] for s in sums) for k in range(3)]
+            totals = launches.norm_totals(opt._impl, units, opt._grad_storage)
             factor, skip, opt.last_grad_norm = factors(xp, totals, opt.max_grad_norm,
                                                        opt.nonfinite, grad_scale)
         runs = opt._runs()

@@ -132,6 +132,21 @@ def grad_rows(run: Run, pairs: list[tuple], generation: int | None = None) -> tu
     return rows
 
 
+def norm_totals(impl, units: list, storages: list) -> list:
+    """The three accumulators of :func:`~fusedopt.backends.base.norm_from_sums` over every
+    gradient of the step (``units[group] = [(param, grad), ...]``, ``storages[group]``
+    their storage names): one launch per storage where the backend reads many arrays at
+    once (the GPU's multi-tensor norm), else one reduction per array. Floats on the CPU;
+    on a GPU 0-d device arrays (or floats known to be 0), nothing waiting for the device."""
+    grads = [g for pairs in units for _, g in pairs]
+    names = [s for group in storages for s in group]
+    many = getattr(impl, "norm_sums_many", None)
+    if many is not None and (len(grads) > 1 or "float64" in names):  # (float64: one read,
+        return list(many(grads, names))                               # not three)
+    sums = [impl.norm_sums(g, storage) for g, storage in zip(grads, names, strict=True)]
+    return [sum(s[k] for s in sums) for k in range(3)]
+
+
 class SeenGrads:
     """The gradients of the last fully checked step, by weak reference.
 
