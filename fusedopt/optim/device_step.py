@@ -95,22 +95,22 @@ def factors(xp, totals: list, max_grad_norm, nonfinite, grad_scale: float) -> tu
 
 
 _lock = threading.Lock()
-_constants: OrderedDict = OrderedDict()  # (module, values, device) -> the values, uploaded
+_kept: OrderedDict = OrderedDict()  # key -> a small device array made once
 
 
-def _constant_row(xp, values: tuple, device) -> object:
-    """``values`` as a float64 device array, uploaded once per set (a warm-up step's)."""
-    key = (xp.__name__, values, device)
+def kept(key: tuple, make):
+    """``make()``, kept under ``key`` (the last ``config.MULTI_TENSOR_TABLES``): the constant
+    part of a step's scalars is uploaded once, by the warm-up step, not under a capture."""
     with _lock:
-        found = _constants.get(key)
+        found = _kept.get(key)
         if found is not None:
-            _constants.move_to_end(key)
+            _kept.move_to_end(key)
             return found
-    found = xp.asarray(values, dtype=xp.float64)
+    found = make()
     with _lock:
-        _constants[key] = found
-        while len(_constants) > config.MULTI_TENSOR_TABLES:
-            _constants.popitem(last=False)
+        _kept[key] = found
+        while len(_kept) > config.MULTI_TENSOR_TABLES:
+            _kept.popitem(last=False)
     return found
 
 
@@ -128,8 +128,9 @@ def scalar_rows(xp, name: str, rule, hyper: dict, signature, applied, factor, co
     except ScalarRangeError as exc:
         raise ValueError(f"{name}: {exc}") from None
     varying = [k for k, v in enumerate(values) if type(v) not in (float, int)]  # arrays
-    row = _constant_row(xp, tuple(0.0 if k in varying else float(v)
-                                  for k, v in enumerate(values)), device)
+    constants = tuple(0.0 if k in varying else float(v) for k, v in enumerate(values))
+    row = kept((xp.__name__, constants, device),
+               lambda: xp.asarray(constants, dtype=xp.float64))
     if varying:
         row = row.copy()
         for k in varying:

@@ -23,19 +23,15 @@ that changes the learning rate while a graph replays gives it as a tensor.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import torch
 
-from fusedopt import config
 from fusedopt.backends import numba_cpu
 from fusedopt.backends.base import ScalarRangeError, check_scalars
 from fusedopt.kernels.registry import Rule
+from fusedopt.optim.device_step import kept
 
-_lock = threading.Lock()
-_constants: OrderedDict = OrderedDict()  # (values, device) -> their float64 device tensor
 _zeros: dict[torch.device, torch.Tensor] = {}  # a found_inf of 0 per device
 
 
@@ -43,24 +39,8 @@ def refuse(name: str, rule: Rule) -> None:
     """A ``ValueError`` where ``rule`` cannot compute its scalars on the device."""
     if not rule.device_scalars:
         raise ValueError(f"{name}: capturable=True is not supported with the rule "
-                         f"{rule.name!r}: its step scalars are computed on the host (NAdam's "
-                         "momentum product); leave capturable=False")
-
-
-def _constant_row(values: tuple, device: torch.device) -> torch.Tensor:
-    """``values`` as a float64 tensor on ``device``, uploaded once (the warm-up step's)."""
-    key = (values, device)
-    with _lock:
-        found = _constants.get(key)
-        if found is not None:
-            _constants.move_to_end(key)
-            return found
-    found = torch.tensor(values, dtype=torch.float64, device=device)
-    with _lock:
-        _constants[key] = found
-        while len(_constants) > config.MULTI_TENSOR_TABLES:
-            _constants.popitem(last=False)
-    return found
+                         f"{rule.name!r}: its step scalars are computed on the host; leave "
+                         "capturable=False")
 
 
 def no_inf(device: torch.device) -> torch.Tensor:
@@ -85,8 +65,9 @@ def scalar_rows(name: str, rule: Rule, hyper: dict, signature, counts: torch.Ten
         check_scalars(rule, arguments, values, signature)
     except ScalarRangeError as exc:
         raise ValueError(f"{name}: {exc}") from None
-    constants = _constant_row(tuple(0.0 if isinstance(v, torch.Tensor) else float(v)
-                                    for v in values), device)
+    fixed = tuple(0.0 if isinstance(v, torch.Tensor) else float(v) for v in values)
+    constants = kept(("torch", fixed, device),
+                     lambda: torch.tensor(fixed, dtype=torch.float64, device=device))
     n = counts.numel()
     columns = [v.to(device=device, dtype=torch.float64).expand(n)
                if isinstance(v, torch.Tensor) else constants[k].expand(n)
