@@ -174,6 +174,7 @@ def step(opt, units: list, grad_scale: float) -> None:
             factor, skip, opt.last_grad_norm = factors(xp, totals, opt.max_grad_norm,
                                                        opt.nonfinite, grad_scale)
         runs = opt._runs()
+        # (the step and grad_scale are the device's: scalar_rows puts them in)
         hypers = [opt._launch_hyper(group, lr, 1.0, 0) for group, lr in
                   zip(opt.groups, lrs, strict=True)]
         rows = [scalar_rows(xp, name, run.rule, hypers[run.group], run.signature, applied,

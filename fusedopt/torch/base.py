@@ -139,7 +139,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group, buckets in work:
             lr = group["lr"]
             on_device = group["capturable"] and isinstance(lr, torch.Tensor)
-            lr = 0.0 if on_device else as_float(f"{name}.step", "lr", lr)  # the 0 is checked
+            lr = 0.0 if on_device else as_float(f"{name}.step", "lr", lr)  # 0 stands in for it
             for key, (members, states, addresses) in buckets.items():
                 rule, hyper = self._rule_hyper(group, states[0])
                 sign = -1.0 if group.get("maximize", False) else 1.0
