@@ -91,35 +91,3 @@ def _refuse_state(name: str, k: int, p: torch.Tensor, key: str, t, other=None) -
                      f"({p.dtype} {tuple(p.shape)} on {p.device}) is {what}; it must be a "
                      "contiguous tensor of the parameter's size on its device (float32 for "
                      "the master copy, one dtype for all its state); nothing was updated")
-
-
-
-def fingerprint(params: list, states: list, keys: tuple[str, ...]) -> tuple | None:
-    """What :func:`params` and :func:`states` checked, and the launch's addresses, in one
-    tuple: per parameter, its identity (and its state's, and its step count's), and the
-    address, size, dtype and contiguity of each of its tensors (parameter, gradient,
-    state, master copy). An address names one memory, host or device, under CUDA's
-    unified addressing, so a tensor checked to be on its parameter's device stays there
-    while its address does. A step whose fingerprint equals the last checked one's needs
-    no check: nothing those checks read has changed. The dtype is there even where the
-    address alone would catch a swap: a replaced tensor may get the freed one's address,
-    and a view of it of another dtype shares it. None where something is not as a
-    checked step leaves it (a missing state key, a sparse gradient, a non-tensor): the
-    full checks then run and name it.
-    """
-    out = []
-    try:
-        for p, state in zip(params, states, strict=True):
-            g = p.grad
-            out.append((id(p), id(state), id(state["step"]), p.data_ptr(), p.numel(), p.dtype,
-                        p.is_contiguous(), g.data_ptr(), g.numel(), g.dtype,
-                        g.is_contiguous()))
-            for key in keys:  # the dtype too: a freed tensor's address is soon reused,
-                t = state[key]    # so a replaced tensor of another dtype may share it
-                out.append((t.data_ptr(), t.numel(), t.dtype, t.is_contiguous()))
-            t = state.get("master")
-            out.append(None if t is None else (t.data_ptr(), t.numel(), t.dtype,
-                                               t.is_contiguous()))
-    except (AttributeError, KeyError, RuntimeError, TypeError):
-        return None
-    return tuple(out)
