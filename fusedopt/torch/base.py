@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -37,38 +38,10 @@ from fusedopt.kernels.dtypes import homogeneous, signature
 from fusedopt.kernels.registry import Rule
 from fusedopt.torch import capturable, checks, memo, steps
 from fusedopt.torch.dtypes import LOW, STATE_DTYPES, STORAGE
+from fusedopt.torch.options import PRECISION_KEYS
 
-#: the keys fusedopt adds to torch's param groups
-PRECISION_KEYS = ("state_dtype", "master_weights", "stochastic_rounding", "seed")
-
-
-def precision_defaults(name: str, state_dtype, master_weights, stochastic_rounding,
-                       seed) -> dict:
-    """The precision options, checked, as param-group entries."""
-    if state_dtype is not None and state_dtype not in STATE_DTYPES:
-        raise ValueError(f"{name}: state_dtype={state_dtype!r}; use None (the parameter's "
-                         f"dtype), 'float32' or 'bfloat16'")
-    return {"state_dtype": state_dtype,
-            "master_weights": _checks.flag(name, "master_weights", master_weights),
-            "stochastic_rounding": _checks.flag(name, "stochastic_rounding",
-                                                stochastic_rounding),
-            "seed": _checks.seed(name, seed)}
-
-
-def implementation_flags(name: str, *, foreach=None, fused=None, capturable=False,
-                         differentiable=False) -> None:
-    """torch's flags that choose its implementation: fusedopt is always one fused pass;
-    ``capturable`` chooses the step that reads nothing on the host."""
-    for flag_name, value in (("foreach", foreach), ("fused", fused)):
-        if value not in (None, True, False):
-            raise TypeError(f"{name}: {flag_name} must be None, True or False, not {value!r}")
-    _checks.flag(name, "capturable", capturable)
-    if differentiable:
-        raise ValueError(f"{name}: differentiable=True is not supported: fusedopt updates the "
-                         "parameters in place, outside autograd; use torch.optim for a "
-                         "differentiable step")
-
-
+#: the state of a parameter before its first step, as the rule hooks read it
+_NEW_STATE = MappingProxyType({"step": 0.0})
 class FusedOptimizer(torch.optim.Optimizer):
     """Base of :mod:`fusedopt.torch`'s optimizers (see the module docstring)."""
 
@@ -97,7 +70,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for key in (*PRECISION_KEYS, "capturable"):
             group.setdefault(key, self.defaults.get(key, False))
         try:
-            rule, hyper = self._rule_hyper(group, {"step": torch.zeros(())})
+            rule, hyper = self._rule_hyper(group, _NEW_STATE)
             if group["capturable"]:
                 capturable.refuse(type(self).__name__, rule)
                 if group["stochastic_rounding"]:
@@ -257,7 +230,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             state["master"] = p.detach().to(torch.float32).contiguous()
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
-        rule, _ = self._rule_hyper(group, {"step": torch.zeros(())})
+        rule, _ = self._rule_hyper(group, _NEW_STATE)
         return tuple(self.STATE_KEYS[a] for a in rule.state)
 
     def _plan(self, name, rule, hyper, group, members, states, key, offsets,
@@ -394,6 +367,4 @@ __all__ = [
     "STORAGE",
     "FusedOptimizer",
     "as_float",
-    "implementation_flags",
-    "precision_defaults",
 ]

@@ -19,12 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from fusedopt.kernels.registry import RULES
-from fusedopt.torch.base import (
-    FusedOptimizer,
-    as_float,
-    implementation_flags,
-    precision_defaults,
-)
+from fusedopt.torch.base import FusedOptimizer, as_float
+from fusedopt.torch.options import implementation_flags, precision_defaults
 
 #: what torch.optim takes: tensors, (name, tensor) pairs, or param-group dicts
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
