@@ -27,6 +27,7 @@ CASES = [
     ("Lion", dict(lr=1e-3, weight_decay=0.1)),
     ("SGD", dict(lr=1e-2)),
     ("Momentum", dict(lr=1e-2, beta=0.9)),
+    ("NAdam", dict(lr=2e-3, momentum_decay=0.01)),
 ]
 
 
@@ -142,7 +143,13 @@ def test_a_step_schedule_runs_by_calls_and_checkpoints_carry_the_device_counts(t
     assert_same_bits(again.groups[0].state[0], ours.groups[0].state[0])
 
 
-def test_what_a_capturable_step_cannot_do_is_refused_by_name():
+def test_what_a_capturable_step_cannot_do_is_refused_by_name(monkeypatch):
+    import dataclasses
+
+    # every built-in rule computes its scalars on the device; a rule that could not
+    variant = fo.NAdam.variant
+    host_only = dataclasses.replace(variant.rule, device_scalars=False)
+    monkeypatch.setattr(fo.NAdam, "variant", dataclasses.replace(variant, rule=host_only))
     with pytest.raises(ValueError, match="capturable=True is not supported with the rule "
                                          "'nadam'"):
         fo.NAdam(params(), capturable=True)
@@ -179,16 +186,18 @@ def no_device_reads(array_type):
                 setattr(array_type, n, method)
 
 
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
 @pytest.mark.parametrize("arena", [True, False], ids=["arena", "list"])
-def test_on_the_emulated_gpu_nothing_is_read_and_the_bits_are_the_cpus(host_cupy, arena):
+def test_on_the_emulated_gpu_nothing_is_read_and_the_bits_are_the_cpus(host_cupy, arena,
+                                                                       name):
     from host_cuda import HostRawKernel, ndarray
 
     made = [params(host_cupy), params()]
     if arena:
         made = [fo.ParamArena(made[0]), fo.ParamArena(made[1])]
     options = dict(lr=1e-2, max_grad_norm=0.5, nonfinite="skip")
-    ours = fo.Adam(made[0], capturable=True, **options)
-    theirs = fo.Adam(made[1], **options)
+    ours = getattr(fo, name)(made[0], capturable=True, **options)
+    theirs = getattr(fo, name)(made[1], **options)
     run(ours, 1, made[0] if arena else None, xp=host_cupy)  # warm-up: tables uploaded
     HostRawKernel.launches = []
     with no_device_reads(ndarray):
@@ -202,7 +211,7 @@ def test_on_the_emulated_gpu_nothing_is_read_and_the_bits_are_the_cpus(host_cupy
                 ours.step(grads)
     # a step: one launch of the update, skipped ones too; a list's norm is one launch more
     # (the multi-tensor norm), an arena's one reduction of its buffer
-    step = ["fusedopt_adam_float32_multi_capturable"]
+    step = [f"fusedopt_{name.lower()}_float32_multi_capturable"]
     if not arena:
         step = ["fusedopt_norm_sums_multi_float32", *step]
     assert [name for name, _, _ in HostRawKernel.launches] == step * 7

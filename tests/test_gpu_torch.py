@@ -95,13 +95,15 @@ def test_bf16_master_weights_with_stochastic_rounding_on_cuda_match_the_cpu():
     assert saved["state"][0]["master"].dtype == torch.float32
 
 
-def test_a_capturable_step_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_a_capturable_step_replays_in_a_cuda_graph(name):
     """capturable=True: the step (scalars from the device step counts, the launch, the
     counts' advance) captured once in a CUDA graph after warm-up steps on a side stream,
     then replayed; the same parameters and step counts as eager steps of torch.optim."""
     nets = [model("cuda"), model("cuda")]
-    ours = fot.Adam(nets[0].parameters(), lr=1e-2, weight_decay=0.01, capturable=True)
-    theirs = torch.optim.Adam(nets[1].parameters(), lr=1e-2, weight_decay=0.01)
+    ours = getattr(fot, name)(nets[0].parameters(), lr=1e-2, weight_decay=0.01,
+                              capturable=True)
+    theirs = getattr(torch.optim, name)(nets[1].parameters(), lr=1e-2, weight_decay=0.01)
     x = torch.randn(32, 6, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
 
     def grads(net):

@@ -34,6 +34,9 @@ CASES = [
     ("AdamW", dict(lr=1e-2, betas=(0.8, 0.95))),
     ("RMSprop", dict(lr=1e-3, weight_decay=0.01)),
     ("RMSprop", dict(lr=1e-3, momentum=0.5, centered=True, alpha=0.9)),
+    ("NAdam", dict(lr=2e-3, weight_decay=0.01)),
+    ("NAdam", dict(lr=2e-3, momentum_decay=0.01, weight_decay=0.01,
+                   decoupled_weight_decay=True)),
 ]
 CONVERSIONS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
 
@@ -85,7 +88,7 @@ def test_capturable_steps_match_torch_optim_and_read_nothing_on_the_host(name, k
     assert step.dtype == torch.float32 and float(step) == 30
 
 
-@pytest.mark.parametrize("name, kwargs", [CASES[0], CASES[2], CASES[4]])
+@pytest.mark.parametrize("name, kwargs", [CASES[0], CASES[2], CASES[4], CASES[5]])
 def test_grad_scaler_skips_on_the_device(name, kwargs):
     """GradScaler's found_inf is read by the kernel, not the host: the steps with an inf
     change nothing (the step counts included), and the run equals torch's."""
@@ -115,17 +118,20 @@ def test_a_tensor_learning_rate_is_followed_without_being_read():
     assert_same(ours_net, theirs_net, torch.float32)
 
 
+@pytest.mark.parametrize("name, kwargs", [("Adam", dict(lr=1e-2, amsgrad=True)),
+                                          ("NAdam", dict(lr=2e-3, momentum_decay=0.01))],
+                         ids=["Adam", "NAdam"])
 @pytest.mark.parametrize("direction", ["torch_to_fusedopt", "fusedopt_to_torch"])
-def test_state_dicts_move_both_ways(direction, default_dtype):  # noqa: F811
-    """The step counts live on the parameters' device; a checkpoint moves to and from
-    torch.optim.Adam and training goes on as twenty unbroken steps of torch."""
+def test_state_dicts_move_both_ways(direction, name, kwargs, default_dtype):  # noqa: F811
+    """The step counts (and NAdam's mu_product) live on the parameters' device; a
+    checkpoint moves to and from torch.optim and training goes on as twenty unbroken
+    steps of torch."""
     default_dtype(torch.float64)
-    kwargs = dict(lr=1e-2, amsgrad=True)
 
     def make(library, net):
         if library is fot:
-            return fot.Adam(net.parameters(), capturable=True, **kwargs)
-        return torch.optim.Adam(net.parameters(), **kwargs)
+            return fot.__dict__[name](net.parameters(), capturable=True, **kwargs)
+        return getattr(torch.optim, name)(net.parameters(), **kwargs)
     first, second = (torch.optim, fot) if direction == "torch_to_fusedopt" else (fot, torch.optim)
     net = model(torch.float64)
     opt = make(first, net)
@@ -138,10 +144,14 @@ def test_state_dicts_move_both_ways(direction, default_dtype):  # noqa: F811
     resumed.load_state_dict(saved)
     train(net, resumed, 10, seed=2)
     unbroken_net = model(torch.float64)
-    unbroken = torch.optim.Adam(unbroken_net.parameters(), **kwargs)
+    unbroken = getattr(torch.optim, name)(unbroken_net.parameters(), **kwargs)
     train(unbroken_net, unbroken, 10, seed=1)
     train(unbroken_net, unbroken, 10, seed=2)
     assert_same(net, unbroken_net, torch.float64)
+    for p, q in zip(net.parameters(), unbroken_net.parameters(), strict=True):
+        for key, value in unbroken.state[q].items():
+            torch.testing.assert_close(resumed.state[p][key].cpu(), value.cpu(),  # steps:
+                                       rtol=1e-10, atol=0, check_dtype=False)  # float32 here
 
 
 def test_lion_capturable_equals_lion():
@@ -154,8 +164,15 @@ def test_lion_capturable_equals_lion():
     assert_same(*nets, torch.float32)
 
 
-def test_what_a_capturable_step_cannot_do_is_refused_when_built():
+def test_what_a_capturable_step_cannot_do_is_refused_when_built(monkeypatch):
+    import dataclasses
+
+    from fusedopt.kernels import RULES
+
     params = [torch.nn.Parameter(torch.zeros(3))]
+    # every built-in rule computes its scalars on the device; a rule that could not
+    monkeypatch.setitem(RULES, "nadam", dataclasses.replace(RULES["nadam"],
+                                                            device_scalars=False))
     with pytest.raises(ValueError, match="capturable=True is not supported with the rule "
                                          "'nadam'"):
         fot.NAdam(params, capturable=True)

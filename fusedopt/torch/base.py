@@ -60,6 +60,12 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _after_step(self, group: dict, params: list, states: list, step: int) -> None:
         """Per bucket, after its update (NAdam's ``mu_product``)."""
 
+    def _after_capturable_step(self, group: dict, states: list,
+                               found_inf: torch.Tensor | None) -> Any:
+        """Per capturable bucket, prepared before any write: None, or what to run after
+        its update, on the device (NAdam's ``mu_product``)."""
+        return None
+
     def add_param_group(self, param_group: dict) -> None:
         """torch's, then the group's hyperparameters checked against the rule's ranges (a
         group may override them): what fusedopt refuses where torch does not (``eps=0``,
@@ -124,7 +130,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                         f"{name}.step", rule, hyper, key[0], storage_signature(rule, *key[1:4]),
                         states, addresses, group["lr"] if on_device else lr,
                         sign if grad_scale is None else sign / grad_scale.double(), found_inf)
-                    launches.append((run, group, members, states, None))
+                    after = self._after_capturable_step(group, states, found_inf)
+                    launches.append((run if after is None else capturable.then(run, after),
+                                     group, members, states, None))
                     continue
                 sizes = addresses[1]  # each tensor's first element's place in the model:
                 offsets = tuple(accumulate(sizes[:-1], initial=offset))
@@ -325,8 +333,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             state["master"] = (p.detach().to(torch.float32) if value is None
                                else value.to(device=p.device, dtype=torch.float32, copy=True)
                                ).contiguous()
-        if "mu_product" in saved:
-            state["mu_product"] = torch.as_tensor(saved["mu_product"]).clone()
+        if "mu_product" in saved:  # on the device for a capturable step, as torch keeps it
+            state["mu_product"] = torch.as_tensor(saved["mu_product"]).to(
+                p.device if group["capturable"] else "cpu", copy=True)
 
 
 def storage_signature(rule: Rule, storage: str, state_storage: str, master: bool,

@@ -103,6 +103,14 @@ def advance(step_tensors: list[torch.Tensor], base: torch.Tensor | None,
         torch._foreach_add_(step_tensors, keep)
 
 
+def then(first, second):
+    """A run of ``first()`` then ``second()``."""
+    def both():
+        first()
+        second()
+    return both
+
+
 def plan(name: str, rule: Rule, hyper: dict, device: torch.device, signature,
          states: list[dict], addresses: tuple, lr: Any, grad_scale: Any,
          found_inf: torch.Tensor | None):

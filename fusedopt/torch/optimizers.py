@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from fusedopt.kernels.registry import RULES
+from fusedopt.kernels.rules.nadam import nadam_mu
+from fusedopt.torch import capturable
 from fusedopt.torch.base import FusedOptimizer, as_float
 from fusedopt.torch.options import implementation_flags, precision_defaults
 
@@ -233,12 +235,28 @@ class NAdam(FusedOptimizer):
 
     def _init_state(self, group, p):
         super()._init_state(group, p)
-        self.state[p]["mu_product"] = torch.ones((), dtype=torch.get_default_dtype())
+        self.state[p]["mu_product"] = torch.ones(
+            (), dtype=torch.get_default_dtype(),
+            device=p.device if group["capturable"] else None)
 
     def _after_step(self, group, params, states, step):
         beta1, _ = _betas(type(self).__name__, group)
-        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * group["momentum_decay"]))
+        mu = nadam_mu(beta1, group["momentum_decay"], step)
         torch._foreach_mul_([s["mu_product"] for s in states], mu)
+
+    def _after_capturable_step(self, group, states, found_inf):
+        r"""``mu_product`` times :math:`\mu_t` (1 where GradScaler skips the step), from the
+        device step counts, as torch's capturable NAdam keeps it; the update itself takes
+        the product in closed form from the step
+        (:func:`~fusedopt.kernels.rules.nadam.nadam_mu_product`)."""
+        beta1, _ = _betas(type(self).__name__, group)
+        counts, _ = capturable.counts_of([s["step"] for s in states])
+        mu = nadam_mu(beta1, group["momentum_decay"], counts.to(torch.float64) + 1.0)
+        if found_inf is not None:
+            mu = torch.where(found_inf.to(mu.device).reshape(()) > 0, 1.0, mu)
+        products = [s["mu_product"] for s in states]
+        factors = list(mu.to(products[0].dtype).unbind())
+        return lambda: torch._foreach_mul_(products, factors)
 
 
 class Lion(FusedOptimizer):
