@@ -20,6 +20,7 @@ it the bfloat16 recipes are skipped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,37 +119,39 @@ def adam_loop(param, grad, exp_avg, exp_avg_sq, master, keys, s):
 
 
 # --------------------------------------------- the bytes floors (integer views of the arrays)
+# ``keep`` is a zero the compiler cannot see: every array is read and written, its bits left
+# as they were, so the calls timed after a floor start from the same values.
 @njit(parallel=True, nogil=True)
-def sgd_bytes(param, grad, master):
+def sgd_bytes(param, grad, master, keep):
     for i in prange(param.size):
         if master is not None:
-            master[i] = master[i] ^ grad[i]
-            param[i] = master[i]  # written, never read
+            master[i] = master[i] ^ (grad[i] & keep)
+            param[i] = master[i] >> 16  # written, never read: the master's bfloat16 bits
         else:
-            param[i] = param[i] ^ grad[i]
+            param[i] = param[i] ^ (grad[i] & keep)
 
 
 @njit(parallel=True, nogil=True)
-def momentum_bytes(param, grad, velocity, master):
+def momentum_bytes(param, grad, velocity, master, keep):
     for i in prange(param.size):
-        carry = grad[i]
+        carry = grad[i] & keep
         velocity[i] = velocity[i] ^ carry
         if master is not None:
             master[i] = master[i] ^ carry
-            param[i] = master[i]
+            param[i] = master[i] >> 16
         else:
             param[i] = param[i] ^ carry
 
 
 @njit(parallel=True, nogil=True)
-def adam_bytes(param, grad, exp_avg, exp_avg_sq, master):
+def adam_bytes(param, grad, exp_avg, exp_avg_sq, master, keep):
     for i in prange(param.size):
-        carry = grad[i]
+        carry = grad[i] & keep
         exp_avg[i] = exp_avg[i] ^ carry
         exp_avg_sq[i] = exp_avg_sq[i] ^ carry
         if master is not None:
             master[i] = master[i] ^ carry
-            param[i] = master[i]
+            param[i] = master[i] >> 16
         else:
             param[i] = param[i] ^ carry
 
@@ -167,22 +170,48 @@ class PrecisionResult:
     seconds: dict  # "fusedopt", "math floor", "bytes floor" -> median seconds
 
 
-def _storage_arrays(rule_name: str, recipe: str, n: int, rng):
-    """The call's arrays (16-bit as ml_dtypes bfloat16), the master copy, and kwargs."""
+def _storage_arrays(rule_name: str, recipe: str, n: int, rng, memory: np.ndarray):
+    """The call's arrays (16-bit as ml_dtypes bfloat16), the master copy, and kwargs, all
+    laid out from the start of ``memory``, with their first values."""
     import ml_dtypes
 
     param_dtype, grad_dtype, state_dtype, master, stochastic = RECIPES[recipe]
     rule = RULES[rule_name]
     numpy_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-    arrays = []
+    arrays, offset = [], 0
+
+    def carve(dtype):
+        nonlocal offset
+        size = n * np.dtype(dtype).itemsize
+        view = memory[offset: offset + size].view(dtype)
+        offset += size
+        return view
+
     for k, name in enumerate(rule.arrays):
         values = rng.standard_normal(n).astype(np.float32)
         if name == "exp_avg_sq":
             values = np.abs(values) * np.float32(1e-3)
         dtype = param_dtype if k == 0 else (state_dtype if name in rule.writes else grad_dtype)
-        arrays.append(values.astype(numpy_dtype[dtype]))
-    master_copy = arrays[0].astype(np.float32) if master else None
+        arrays.append(carve(numpy_dtype[dtype]))
+        arrays[-1][...] = values.astype(numpy_dtype[dtype])
+    master_copy = None
+    if master:
+        master_copy = carve(np.float32)
+        master_copy[...] = arrays[0].astype(np.float32)
     return arrays, master_copy, stochastic
+
+
+def _memory_for(rule_name: str, recipes, n: int) -> np.ndarray:
+    """One buffer that holds any of ``recipes``' arrays: every recipe of a rule is laid out
+    over the same memory, so no recipe gains or loses by where its pages fell (on a
+    virtual machine the same loop over two fresh allocations differed by up to 35%)."""
+    rule = RULES[rule_name]
+    widest = 0
+    for recipe in recipes:
+        param_dtype, grad_dtype, state_dtype, master, _ = RECIPES[recipe]
+        sizes = [param_dtype, grad_dtype] + [state_dtype] * (len(rule.arrays) - 2)
+        widest = max(widest, sum(2 if d == "bfloat16" else 4 for d in sizes) + 4 * master)
+    return np.zeros(widest * n, dtype=np.uint8)
 
 
 def _bytes(arrays, master, rule_name) -> int:
@@ -194,18 +223,24 @@ def _bytes(arrays, master, rule_name) -> int:
     return total
 
 
-def _interleaved_medians(calls: dict, repeats: int) -> dict:
-    """Median seconds of each call, timed in interleaved rounds (one of each per round), so a
-    machine whose speed drifts during the run slows them all alike."""
-    for call in calls.values():
-        call()  # compile, warm the caches
-    times: dict = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
+def _interleaved_medians(setups: dict, repeats: int) -> dict:
+    """Median seconds of each call, timed in interleaved rounds (each recipe's calls once
+    per round, its first values put back before them), so a machine whose speed drifts
+    during the run slows them all alike: ``{(recipe, call name): seconds}``."""
+    for restore, calls in setups.values():  # compile, warm the caches
+        restore()
+        for call in calls.values():
             call()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    times: dict = {(recipe, name): [] for recipe, (_, calls) in setups.items()
+                   for name in calls}
+    for _ in range(repeats):
+        for recipe, (restore, calls) in setups.items():
+            restore()  # the recipes share memory: each starts from its own values
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[recipe, name].append(time.perf_counter() - start)
+    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 def _bits(a):
@@ -221,18 +256,26 @@ HYPER = {"sgd": {"lr": 1e-3}, "momentum": {"lr": 1e-3, "beta": 0.9},
          "adam": {"lr": 1e-3}}
 
 
-def _calls(rule_name: str, recipe: str, n: int, seed: int = 0) -> tuple[dict, int]:
-    """The three timed calls of one rule and recipe (the library, both floors), and the
-    bytes they move."""
+def _calls(rule_name: str, recipe: str, n: int, memory: np.ndarray, seed: int = 0
+           ) -> tuple[Callable[[], None], dict, int]:
+    """``(restore, the three timed calls of one rule and recipe (the library, both
+    floors), the bytes they move)``: the arrays lie from the start of ``memory``, and
+    ``restore()`` puts their first values back."""
     rng = np.random.default_rng(seed)
     rule = RULES[rule_name]
-    arrays, master, stochastic = _storage_arrays(rule_name, recipe, n, rng)
+    arrays, master, stochastic = _storage_arrays(rule_name, recipe, n, rng, memory)
+    first = [a.copy() for a in arrays] + ([] if master is None else [master.copy()])
     hyper = dict(HYPER[rule_name])
     function = functional.FUNCTIONS[rule_name + "_"]
     step = [0]
     extra = {"master": master} if master is not None else {}
     if stochastic:
         extra.update(stochastic_rounding=True, seed=1)
+
+    def restore():
+        for a, values in zip(arrays + ([] if master is None else [master]), first,
+                             strict=True):
+            np.copyto(a, values)
 
     def library():
         step[0] += 1
@@ -252,23 +295,24 @@ def _calls(rule_name: str, recipe: str, n: int, seed: int = 0) -> tuple[dict, in
     master_bits = None if master is None else master.view(np.uint32)
 
     def bytes_floor():
-        BYTES_LOOPS[rule_name](*bits, master_bits)
+        BYTES_LOOPS[rule_name](*bits, master_bits, 0)
 
     calls = {"fusedopt": library, "math floor": math_floor, "bytes floor": bytes_floor}
-    return calls, _bytes(arrays, master, rule_name)
+    return restore, calls, _bytes(arrays, master, rule_name)
 
 
 def measure_rule(rule_name: str, recipes, n: int, repeats: int = 10) -> list[PrecisionResult]:
-    """Every recipe of one rule, timed in the same interleaved rounds (each round runs every
-    recipe's library call and floors once): the ratios between recipes hold even on a
-    machine whose speed drifts during the run."""
-    setups = {recipe: _calls(rule_name, recipe, n) for recipe in recipes}
-    flat = {(recipe, name): call for recipe, (calls, _) in setups.items()
-            for name, call in calls.items()}
-    medians = _interleaved_medians(flat, repeats)
+    """Every recipe of one rule over the same memory (:func:`_memory_for`), timed in the
+    same interleaved rounds (each round runs every recipe's library call and floors once):
+    the ratios between recipes hold even on a machine whose speed drifts during the
+    run."""
+    memory = _memory_for(rule_name, recipes, n)
+    setups = {recipe: _calls(rule_name, recipe, n, memory) for recipe in recipes}
+    medians = _interleaved_medians({recipe: setup[:2] for recipe, setup in setups.items()},
+                                   repeats)
     return [PrecisionResult(rule_name, recipe, n, nbytes,
                             {name: medians[recipe, name] for name in calls})
-            for recipe, (calls, nbytes) in setups.items()]
+            for recipe, (_, calls, nbytes) in setups.items()]
 
 
 def measure(rule_name: str, recipe: str, n: int, repeats: int = 10) -> PrecisionResult:

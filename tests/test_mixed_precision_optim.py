@@ -311,3 +311,31 @@ def test_a_uint16_array_is_not_a_bfloat16_gradient():
         with pytest.raises((TypeError, ValueError), match=r"grads\[0\]"):
             opt.step([grad])
     assert (param == 1).all()
+
+
+def test_the_precision_benchmark_lays_every_recipe_over_the_same_memory():
+    """Each recipe's arrays start at the shared buffer's first byte; the bytes floor leaves
+    every bit as it was; restore() puts a recipe's first values back after the library's
+    update changed them."""
+    pytest.importorskip("ml_dtypes", reason="the bfloat16 recipes need ml_dtypes")
+    from fusedopt import bench_precision
+
+    n = 4096
+    recipes = list(bench_precision.RECIPES)
+    memory = bench_precision._memory_for("adam", recipes, n)
+    for recipe in recipes:
+        arrays, master, _ = bench_precision._storage_arrays(
+            "adam", recipe, n, np.random.default_rng(0), memory)
+        assert arrays[0].__array_interface__["data"][0] == memory.ctypes.data
+        laid = arrays + ([] if master is None else [master])
+        end = max(a.__array_interface__["data"][0] + a.nbytes for a in laid)
+        assert end <= memory.ctypes.data + memory.nbytes
+        restore, calls, _ = bench_precision._calls("adam", recipe, n, memory)
+        restore()
+        first = memory.copy()
+        calls["bytes floor"]()
+        assert np.array_equal(memory, first)
+        calls["fusedopt"]()
+        assert not np.array_equal(memory, first)
+        restore()
+        assert np.array_equal(memory, first)
