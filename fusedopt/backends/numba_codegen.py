@@ -115,9 +115,19 @@ HEADER = (
 )
 
 
-def driver_name(rule: Rule, signature: Signature, kind: str) -> str:
-    """``<rule>_<signature key>_<kind>``, e.g. ``adam_f32_parallel``."""
-    return f"{rule.name}_{signature.key}_{kind}"
+def driver_name(rule: Rule, signature: Signature, kind: str, constants: tuple = ()) -> str:
+    """``<rule>_<signature key>_<kind>``, e.g. ``adam_f32_parallel``; a loop with
+    ``constants`` written in names them: ``adam_f32_grad_scale1_param_scale1_parallel``."""
+    written = "".join(f"_{rule.scalars[k]}{value:g}" for k, value in constants)
+    return f"{rule.name}_{signature.key}{written}_{kind}"
+
+
+def constants_of(rule: Rule, scalars) -> tuple[tuple[int, float], ...]:
+    """``(index, value)`` of each of ``rule.specialised``'s scalars that is exactly 0 or 1
+    in ``scalars`` (the step's host scalars, in order): the loop for those has them
+    written in (see :class:`~fusedopt.kernels.registry.Rule`)."""
+    return tuple((k, float(scalars[k])) for k, name in enumerate(rule.scalars)
+                 if name in rule.specialised and scalars[k] in (0.0, 1.0))
 
 
 def overlap_pairs(rule: Rule, signature: Signature | None = None) -> list[tuple[str, str]]:
@@ -152,9 +162,12 @@ def store(array: str, storage, value: str, stochastic: bool) -> str:
     return f"{array}[_i] = {value}"  # Numba casts a float to the array's float dtype
 
 
-def driver_source(rule: Rule, signature: Signature, capturable: bool = False) -> str:
+def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
+                  constants: tuple = ()) -> str:
     """The source of the three drivers of ``rule`` for ``signature`` and its multi-tensor
     pair (``capturable``: only the capturable multi-tensor pair, see :func:`multi_source`).
+    ``constants`` (:func:`constants_of`) are written into the element's call in place of
+    their scalars, and into the drivers' names.
 
     Generated names start with an underscore; rule names never do (the rule
     language refuses them), so the two cannot collide.
@@ -177,13 +190,19 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False) ->
         unpack += "    _offset = _rounding[0]\n" + "".join(
             f"    _key_{a} = np.uint32(_rounding[{k + 1}])\n" for k, a in enumerate(rule.arrays)
             if a in rule.writes and storage[a] in _STORE)
-    call_args = ", ".join([*elements, *rule.scalars])
+    written = dict(constants)
+    call_args = ", ".join([*elements, *(f"np.{signature.compute.name}({written[k]!r})"
+                                        if k in written else name
+                                        for k, name in enumerate(rule.scalars))])
     # Overlap is checked here, before the loop, where comparing addresses costs nothing
     # (from Python it is most of the per-call overhead); code k > 0 names pair k - 1.
     overlap = "".join(f"    if _overlap({a if a != 'master' else '_master'}, "
                       f"{b if b != 'master' else '_master'}):\n        return {k + 1}\n"
                       for k, (a, b) in enumerate(overlap_pairs(rule, signature)))
     if capturable:
+        if constants:
+            raise ValueError("a capturable driver reads its scalars from memory: nothing "
+                             "can be written in")
         return multi_source(rule, signature, elements, outputs, stores, unpack, call_args,
                             capturable=True)
     element = f"_element_{rule.name}"
@@ -193,14 +212,16 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False) ->
                                        ("parallel", "prange", ", parallel=True")):
         out.append(
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
-            f"def {driver_name(rule, signature, kind)}({', '.join(arguments)}, _scalars{extra}):\n"
+            f"def {driver_name(rule, signature, kind, constants)}({', '.join(arguments)}, "
+            f"_scalars{extra}):\n"
             f"{overlap}"
             f"{unpack}"
             f"    for _i in {loop_range}({param}.size):\n"
             f"        {outputs}= {element}({call_args})\n"
             f"{stores}"
             "    return 0\n\n")
-    out.append(multi_source(rule, signature, elements, outputs, stores, unpack, call_args))
+    out.append(multi_source(rule, signature, elements, outputs, stores, unpack, call_args,
+                            constants=constants))
     # The floor reads every array once and writes the written ones once, with no math (16-bit
     # arrays through the same conversions and nearest stores as the drivers).
     read_only = [a for a in rule.arrays if a not in rule.writes] or [param]
@@ -215,14 +236,15 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False) ->
     if master:
         body.append(f"_master[_i] = _master[_i] + {streams[0]}")
     out.append(f"@njit(cache=True, nogil=True, parallel=True, error_model='numpy')\n"
-               f"def {driver_name(rule, signature, 'floor')}({', '.join(arguments)}):\n"
+               f"def {driver_name(rule, signature, 'floor', constants)}"
+               f"({', '.join(arguments)}):\n"
                f"    for _i in prange({param}.size):\n"
                + "".join(f"        {line}\n" for line in body) + "\n")
     return "".join(out)
 
 
 def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, unpack,
-                 call_args, capturable: bool = False) -> str:
+                 call_args, capturable: bool = False, constants: tuple = ()) -> str:
     """The multi-tensor drivers ``<rule>_<key>_multi_{serial,parallel}(_table, _chunks, ...)``.
 
     ``_table[t]`` holds tensor ``t``'s address in each array (the master copy last), then
@@ -265,7 +287,7 @@ def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, un
     for kind, loop_range, parallel in (("serial", "range", ""),
                                        ("parallel", "prange", ", parallel=True")):
         body = "".join("    " + line + "\n" for line in stores.splitlines())
-        name = driver_name(rule, signature, prefix + kind)
+        name = driver_name(rule, signature, prefix + kind, constants)
         out.append(
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
             f"def {name}(_table, _chunks, _scalars{extra}):\n"

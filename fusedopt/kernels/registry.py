@@ -140,6 +140,12 @@ class Rule:
             ``lr`` and ``grad_scale`` (elementwise arithmetic on them, never a host read),
             so a step's scalars can be computed on the device from a device step count:
             the capturable step of :mod:`fusedopt.torch`.
+        specialised: scalars whose values 0 and 1 get a compiled CPU loop of their own
+            over 16-bit storage, with the value written into the code instead of read
+            (LLVM then drops a multiplication by 1, and the other side of a flag's
+            branch); the results are the same bits. A neutral ``grad_scale`` or
+            ``param_scale`` is the common case, and on 16-bit storage, where a loop is
+            bound by its conversions and arithmetic, each dropped operation shows.
     """
 
     name: str
@@ -157,6 +163,7 @@ class Rule:
     switch_of: tuple[str, str] | None = None
     torch_equivalent: Callable[[dict], tuple[str, dict] | None] | None = None
     device_scalars: bool = False
+    specialised: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -231,7 +238,8 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
              hyper: tuple[Hyper, ...], needs_step: bool = False,
              typical_lr: float | None = None, nonnegative: tuple[str, ...] = (),
              optimizer: str | None = None, switch_of: tuple[str, str] | None = None,
-             torch_equivalent: Callable | None = None, device_scalars: bool = False):
+             torch_equivalent: Callable | None = None, device_scalars: bool = False,
+             specialised: tuple[str, ...] = ()):
     """Register the decorated element rule (see :class:`Rule` for the arguments).
 
     ``arrays`` maps each per-element argument to one line of documentation, in
@@ -262,10 +270,12 @@ def register(*, arrays: Mapping[str, str], writes: tuple[str, ...], host_scalars
         if accepted != wanted:
             raise TypeError(f"rule {name!r}: host_scalars takes {sorted(accepted)} but the "
                             f"hyperparameters are {sorted(wanted)}")
+        if not set(specialised) <= set(params[len(names):]):
+            raise TypeError(f"rule {name!r}: specialised {specialised} must name its scalars")
         rule = Rule(name, element, host_scalars, names, tuple(writes), params[len(names):],
                     tuple(hyper), needs_step, typical_lr, MappingProxyType(dict(arrays)),
                     tuple(nonnegative), optimizer, switch_of, torch_equivalent,
-                    device_scalars)
+                    device_scalars, tuple(specialised))
         RULES[name] = rule
         VARIANTS[name] = Variant(name, rule, optimizer=optimizer, doc=rule.doc)
         return element

@@ -40,7 +40,8 @@ ADAM_HYPER = (real("lr", 1e-3, LR_DOC, symbol=r"\alpha"), BETA1, BETA2, EPS, WEI
               DECOUPLED, BIAS_CORRECTION, GRAD_SCALE)
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
+@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC},
           writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=adam_scalars,
           hyper=ADAM_HYPER, needs_step=True, typical_lr=1e-2, nonnegative=("exp_avg_sq",),
@@ -81,7 +82,8 @@ variant("adamw", of="adam", fixed={"decoupled_weight_decay": True},
 
 
 # ----------------------------------------------------------------------- AMSGrad
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
+@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC,
                   "max_exp_avg_sq": "the largest second moment so far (start at 0)"},
           writes=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), host_scalars=adam_scalars,

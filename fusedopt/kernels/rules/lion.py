@@ -15,7 +15,8 @@ def lion_scalars(*, lr: float, beta1: float, beta2: float, weight_decay: float,
     return (grad_scale, lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, param_scale)
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "exp_avg": "momentum m, an average of the gradients (start at 0)"},
           writes=("param", "exp_avg"), host_scalars=lion_scalars,
           hyper=(real("lr", 1e-4, LR_DOC, symbol=r"\alpha"),

@@ -23,7 +23,8 @@ def rmsprop_scalars(*, lr: float, beta: float, eps: float, weight_decay: float,
     return (grad_scale, lr, beta, 1.0 - beta, eps, weight_decay)
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+@register(device_scalars=True, specialised=("grad_scale",),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "sq_avg": "running average of the squared gradients s (start at 0)"},
           writes=("param", "sq_avg"), host_scalars=rmsprop_scalars,
           hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"),
@@ -63,7 +64,8 @@ def _rmsprop_momentum_torch(h: dict):
                             centered=h["centered"]))
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+@register(device_scalars=True, specialised=("grad_scale", "centered"),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "sq_avg": "running average of the squared gradients s (start at 0)",
                   "grad_avg": "running average of the gradients a (start at 0; centered only)",
                   "momentum_buffer": "the step's momentum buffer b (start at 0)"},

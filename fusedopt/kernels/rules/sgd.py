@@ -22,7 +22,8 @@ def sgd_scalars(*, lr: float, weight_decay: float, grad_scale: float) -> tuple[f
     return (grad_scale, lr, weight_decay)
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC}, writes=("param",),
+@register(device_scalars=True, specialised=("grad_scale",),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC}, writes=("param",),
           host_scalars=sgd_scalars,
           hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"), WEIGHT_DECAY, GRAD_SCALE),
           typical_lr=0.5, optimizer="SGD",
@@ -55,7 +56,8 @@ def _momentum_torch(h: dict):
                         weight_decay=h["weight_decay"]))
 
 
-@register(device_scalars=True, arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
+@register(device_scalars=True, specialised=("grad_scale", "one_minus_dampening", "nesterov"),
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "velocity": "the momentum buffer v (start at 0)"},
           writes=("param", "velocity"), host_scalars=momentum_scalars,
           hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"),
