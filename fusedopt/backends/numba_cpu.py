@@ -156,11 +156,19 @@ def prepare(rule: Rule, hyper: dict, signature: Signature,
     scalars = np.array(host_scalars(rule, hyper, signature), dtype=signature.compute)
     keys = (np.array(rounding_words(rule, signature, rounding), dtype=np.int64),) \
         if signature.stochastic else ()
-    # where 16-bit storage makes a loop bound by its arithmetic (7 to 9% for SGD and
-    # Momentum in bfloat16; nothing measurable in float32, not worth a second compile)
+    constants = _written_in(rule, scalars, signature)
+    serial = _drivers_for(rule, signature)[0]
+    parallel = _drivers_for(rule, signature, "", constants)[1]
+    return (scalars, serial, parallel, keys, signature, constants)
+
+
+def _written_in(rule: Rule, scalars, signature: Signature) -> tuple:
+    """The constants of the step's threaded loops: only over 16-bit storage, where a loop
+    is bound by its arithmetic (SGD and Momentum in bfloat16 7 to 9% faster; nothing
+    measurable in float32), and only for the threaded (large) loops, so that small calls
+    (a test suite's) compile no second loop."""
     low = any(s in ("bfloat16", "float16") for s in signature.storage)
-    constants = constants_of(rule, scalars) if low else ()
-    return (scalars, *_drivers_for(rule, signature, "", constants), keys, signature, constants)
+    return constants_of(rule, scalars) if low else ()
 
 
 def call(driver, *args, parallel: bool = False):
@@ -239,11 +247,11 @@ def launch_rows(rule: Rule, rows: tuple, sizes: tuple, prepared: tuple, offsets=
                                               _threads() if parallel else 1)
     if not total:
         return
-    drivers = _drivers_for(rule, signature, "multi_", constants)
     if parallel:
-        call(drivers[1], table, chunks, scalars, *keys, parallel=True)
+        threaded = _drivers_for(rule, signature, "multi_", constants)[1]
+        call(threaded, table, chunks, scalars, *keys, parallel=True)
     else:
-        call(drivers[0], table, chunks, scalars, *keys)
+        call(_drivers_for(rule, signature, "multi_")[0], table, chunks, scalars, *keys)
 
 
 def launch_capturable(rule: Rule, rows: tuple, sizes: tuple, signature: Signature,

@@ -140,8 +140,8 @@ class Rule:
             ``lr`` and ``grad_scale`` (elementwise arithmetic on them, never a host read),
             so a step's scalars can be computed on the device from a device step count:
             the capturable step of :mod:`fusedopt.torch`.
-        specialised: scalars whose values 0 and 1 get a compiled CPU loop of their own
-            over 16-bit storage, with the value written into the code instead of read
+        specialised: scalars whose values 0 and 1 get a threaded CPU loop of their own
+            over 16-bit storage (large arrays), the value written into the code, not read
             (LLVM then drops a multiplication by 1, and the other side of a flag's
             branch); the results are the same bits. A neutral ``grad_scale`` or
             ``param_scale`` is the common case, and on 16-bit storage, where a loop is
