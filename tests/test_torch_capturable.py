@@ -11,7 +11,6 @@ graph in test_gpu_torch.py.
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import pytest
 
@@ -23,6 +22,7 @@ from test_torch_optim import (  # noqa: E402
     default_dtype,  # noqa: F401  (a fixture)
     groups,
     model,
+    move_state_dict,
     train,
 )
 
@@ -127,26 +127,8 @@ def test_state_dicts_move_both_ways(direction, name, kwargs, default_dtype):  # 
     checkpoint moves to and from torch.optim and training goes on as twenty unbroken
     steps of torch."""
     default_dtype(torch.float64)
-
-    def make(library, net):
-        if library is fot:
-            return fot.__dict__[name](net.parameters(), capturable=True, **kwargs)
-        return getattr(torch.optim, name)(net.parameters(), **kwargs)
-    first, second = (torch.optim, fot) if direction == "torch_to_fusedopt" else (fot, torch.optim)
-    net = model(torch.float64)
-    opt = make(first, net)
-    train(net, opt, 10, seed=1)
-    resumed = make(second, net)
-    saved = copy.deepcopy(opt.state_dict())
-    if second is torch.optim:  # the group's capturable=True would be loaded too, and torch
-        for group in saved["param_groups"]:  # refuses it on a CPU
-            group["capturable"] = False
-    resumed.load_state_dict(saved)
-    train(net, resumed, 10, seed=2)
-    unbroken_net = model(torch.float64)
-    unbroken = getattr(torch.optim, name)(unbroken_net.parameters(), **kwargs)
-    train(unbroken_net, unbroken, 10, seed=1)
-    train(unbroken_net, unbroken, 10, seed=2)
+    net, resumed, unbroken_net, unbroken = move_state_dict(name, kwargs, direction,
+                                                           capturable=True)
     assert_same(net, unbroken_net, torch.float64)
     for p, q in zip(net.parameters(), unbroken_net.parameters(), strict=True):
         for key, value in unbroken.state[q].items():

@@ -158,21 +158,35 @@ def test_state_dicts_move_both_ways_and_training_goes_on(name, kwargs, direction
     """Ten steps with one, its state_dict loaded into the other, ten more: the same as
     twenty unbroken steps of torch on the same data."""
     default_dtype(torch.float64)  # torch's float64 step and mu_product
+    net, _, unbroken_net, _ = move_state_dict(name, kwargs, direction)
+    for p, q in zip(net.parameters(), unbroken_net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
+
+
+def move_state_dict(name, kwargs, direction, capturable=False):
+    """Ten float64 steps with one of torch.optim and fusedopt.torch (``capturable=`` on
+    fusedopt's), its state_dict loaded into the other, ten more; and twenty unbroken
+    steps of torch on the same data: ``(net, resumed, unbroken_net, unbroken)``."""
+    def make(library, net):
+        extra = dict(capturable=True) if capturable and library is fot else {}
+        return getattr(library, name)(net.parameters(), **kwargs, **extra)
     first, second = ((torch.optim, fot) if direction == "torch_to_fusedopt"
                      else (fot, torch.optim))
     net = model(torch.float64)
-    opt = getattr(first, name)(net.parameters(), **kwargs)
+    opt = make(first, net)
     train(net, opt, 10, seed=1)
     saved = copy.deepcopy(opt.state_dict())
-    resumed = getattr(second, name)(net.parameters(), **kwargs)
+    if second is torch.optim:  # a group's capturable=True would be loaded too, and torch
+        for group in saved["param_groups"]:  # refuses it on a CPU
+            group["capturable"] = False
+    resumed = make(second, net)
     resumed.load_state_dict(saved)
     train(net, resumed, 10, seed=2)
     unbroken_net = model(torch.float64)
     unbroken = getattr(torch.optim, name)(unbroken_net.parameters(), **kwargs)
     train(unbroken_net, unbroken, 10, seed=1)
     train(unbroken_net, unbroken, 10, seed=2)
-    for p, q in zip(net.parameters(), unbroken_net.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
+    return net, resumed, unbroken_net, unbroken
 
 
 @pytest.mark.parametrize("name, kwargs, match", [

@@ -157,8 +157,9 @@ def prepare(rule: Rule, hyper: dict, signature: Signature,
     keys = (np.array(rounding_words(rule, signature, rounding), dtype=np.int64),) \
         if signature.stochastic else ()
     constants = _written_in(rule, scalars, signature)
-    serial = _drivers_for(rule, signature)[0]
-    parallel = _drivers_for(rule, signature, "", constants)[1]
+    serial, parallel = _drivers_for(rule, signature)
+    if constants:
+        parallel = _drivers_for(rule, signature, "", constants)[1]
     return (scalars, serial, parallel, keys, signature, constants)
 
 

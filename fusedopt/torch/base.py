@@ -42,6 +42,8 @@ from fusedopt.torch.options import PRECISION_KEYS
 
 #: the state of a parameter before its first step, as the rule hooks read it
 _NEW_STATE = MappingProxyType({"step": 0.0})
+
+
 class FusedOptimizer(torch.optim.Optimizer):
     """Base of :mod:`fusedopt.torch`'s optimizers (see the module docstring)."""
 

@@ -138,8 +138,8 @@ def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: floa
 
 
 @register(device_scalars=True, specialised=("grad_scale", "param_scale"),
-          arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
-                                      "exp_avg": EXP_AVG_DOC, "exp_avg_sq": EXP_AVG_SQ_DOC},
+          arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
+                  "exp_avg_sq": EXP_AVG_SQ_DOC},
           writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=nadam_scalars,
           hyper=(real("lr", 2e-3, LR_DOC, symbol=r"\alpha"), BETA1, BETA2, EPS, WEIGHT_DECAY,
                  real("momentum_decay", 4e-3, "psi, how fast mu_t approaches beta1 "
