@@ -28,7 +28,13 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from fusedopt import functional
-from fusedopt.backends.numba_lowp import load_bf16, random16, store_bf16, store_bf16_sr
+from fusedopt.backends.numba_lowp import (
+    load_bf16,
+    random16,
+    store_bf16,
+    store_bf16_bf,
+    store_bf16_sr,
+)
 from fusedopt.kernels import RULES, dtypes
 from fusedopt.kernels.rounding import slot_key
 
@@ -65,6 +71,10 @@ def _st(a, i, value, keys, slot):
         def nearest(a, i, value, keys, slot):
             a[i] = store_bf16(value)
         return nearest
+    if isinstance(keys, types.Boolean):  # every array bfloat16: NaNs need no select
+        def nearest_from_bf16(a, i, value, keys, slot):
+            a[i] = store_bf16_bf(value)
+        return nearest_from_bf16
 
     def stochastic(a, i, value, keys, slot):
         a[i] = store_bf16_sr(value, random16(i, keys[slot]))
@@ -281,8 +291,11 @@ def _calls(rule_name: str, recipe: str, n: int, memory: np.ndarray, seed: int = 
         step[0] += 1
         function(*arrays, step=step[0], **hyper, **extra)
 
+    # keys: the stochastic stores' keys; False: nearest stores in a loop of bfloat16 arrays
+    # only (the library's loops then skip the NaN select too: numba_codegen.bf16_only)
     keys = np.array([slot_key(1, 1, k) for k in range(len(rule.arrays))], np.uint32) \
-        if stochastic else None
+        if stochastic else (False if master is None and all(a.itemsize == 2 for a in arrays)
+                            else None)
     views = [_kernel_view(a) for a in arrays]
     scalars = rule.host_scalars(**{**rule.defaults, **hyper, **({"step": 3}
                                                                 if rule.needs_step else {})})

@@ -43,6 +43,7 @@ HEADER = (
     "import fusedopt.kernels  # registers the rules\n"
     "from fusedopt.backends.numba_lowp import load_bf16 as _load_bf16, load_f16 as _load_f16, "
     "random16 as _random16, store_bf16 as _store_bf16, store_bf16_sr as _store_bf16_sr, "
+    "store_bf16_bf as _store_bf16_bf, "
     "store_f16 as _store_f16, store_f16_sr as _store_f16_sr\n"
     "from fusedopt.backends.numba_pointers import pointer_f32 as _pointer_f32, "
     "pointer_f64 as _pointer_f64, pointer_u16 as _pointer_u16\n"
@@ -152,14 +153,27 @@ def load(array: str, storage, compute) -> str:
     return f"np.{compute.name}({array}[_i])"
 
 
-def store(array: str, storage, value: str, stochastic: bool) -> str:
-    """The statement storing ``value`` (compute dtype) into ``array[_i]``."""
+def store(array: str, storage, value: str, stochastic: bool, from_bf16: bool = False) -> str:
+    """The statement storing ``value`` (compute dtype) into ``array[_i]``; ``from_bf16``:
+    every floating input of the loop is a bfloat16 pattern and every scalar finite (see
+    :func:`bf16_only`), so a nearest bfloat16 store needs no NaN select."""
     if storage in _STORE:
         if stochastic:
             return (f"{array}[_i] = {_STORE[storage]}_sr({value}, "
                     f"_random16(_i + _offset, _key_{array}))")
+        if from_bf16 and storage == "bfloat16":
+            return f"{array}[_i] = _store_bf16_bf({value})"
         return f"{array}[_i] = {_STORE[storage]}({value})"
     return f"{array}[_i] = {value}"  # Numba casts a float to the array's float dtype
+
+
+def bf16_only(signature: Signature) -> bool:
+    """Every array a bfloat16 pattern, no master copy, nearest rounding: a NaN the loop
+    makes then has zero low 16 bits (``numba_lowp.ir_store_bf16_from_bf16``). The host
+    drivers' scalars are checked finite; a capturable driver's are read from memory
+    and may be any NaN, so it keeps the full store."""
+    return (not signature.master and not signature.stochastic
+            and all(d == "bfloat16" for d in signature.storage))
 
 
 def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
@@ -180,11 +194,12 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
     if master:
         elements[0] = "_master[_i]"
     outputs = "".join(f"_o_{w}, " for w in rule.writes)
+    from_bf16 = bf16_only(signature) and not capturable
     stores = ""
     for w in rule.writes:
         if master and w == param:
             stores += f"        _master[_i] = _o_{param}\n"
-        stores += f"        {store(w, storage[w], f'_o_{w}', sr)}\n"
+        stores += f"        {store(w, storage[w], f'_o_{w}', sr, from_bf16)}\n"
     unpack = "".join(f"    {name} = _scalars[{k}]\n" for k, name in enumerate(rule.scalars))
     if sr:  # the element index's offset, then one key per array
         unpack += "    _offset = _rounding[0]\n" + "".join(
@@ -232,7 +247,8 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
     body = []
     for k, w in enumerate(rule.writes):
         extra_reads = "".join(f" + {v}" for v in streams[1:]) if k == 0 else ""
-        body.append(store(w, storage[w], f"{values[w]} + {streams[0]}{extra_reads}", False))
+        body.append(store(w, storage[w], f"{values[w]} + {streams[0]}{extra_reads}", False,
+                          from_bf16))
     if master:
         body.append(f"_master[_i] = _master[_i] + {streams[0]}")
     out.append(f"@njit(cache=True, nogil=True, parallel=True, error_model='numpy')\n"

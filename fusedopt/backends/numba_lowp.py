@@ -9,6 +9,7 @@ written in Python to 64 bits, and the vectoriser would then split every lane).
 ``load_bf16(h)``   16-bit pattern -> float32 (exact)
 ``load_f16(h)``    16-bit pattern -> float32 (exact; Giesen's half_to_float)
 ``store_bf16(x)``  float32 -> nearest-even bfloat16 pattern (NaN stays quiet NaN)
+``store_bf16_bf(x)`` the same for a value whose NaNs come from bfloat16 inputs (see below)
 ``store_f16(x)``   float32 -> nearest-even float16 pattern (Giesen's fast3_rtne)
 ``store_*_sr``     ``(x, r)``: stochastic, with 16 random bits ``r``
 ``random16(i, k)`` the 16 random bits of element index ``i`` under key ``k``
@@ -62,6 +63,22 @@ def ir_store_bf16(b, x):
     quiet = b.or_(b.lshr(u, _c(16)), _c(0x40))
     nan = b.fcmp_unordered("uno", x, x)  # one compare (an integer test takes two)
     return b.trunc(b.select(nan, quiet, rounded), I16)
+
+
+def ir_store_bf16_from_bf16(b, x):
+    """:func:`ir_store_bf16` without its NaN select, for a loop whose floating inputs are all
+    loaded from bfloat16 patterns, with finite scalars.
+
+    A NaN there is a quieted input NaN or the preferred/default NaN (LLVM's NaN rules;
+    x86 makes 0xFFC00000): its low 16 bits are zero. Adding 0x7FFF + lsb then cannot
+    carry into bit 16, so the rounding keeps it as it is, a NaN. The select costs 3 of
+    the 9 vector operations of a store: 10 to 15% of a bfloat16 Momentum step on 2 AVX2
+    cores. Values with other NaN payloads (float32 or float16 inputs, scalars read
+    from memory) must use :func:`ir_store_bf16`.
+    """
+    u = b.bitcast(x, I32)
+    lsb = b.and_(b.lshr(u, _c(16)), _c(1))
+    return b.trunc(b.lshr(b.add(b.add(u, _c(0x7FFF)), lsb), _c(16)), I16)
 
 
 def ir_store_bf16_sr(b, x, r):
@@ -155,6 +172,14 @@ def store_bf16(typingctx, value):
     if not isinstance(value, types.Float):
         return None
     return types.uint16(value), lambda ctx, b, sig, args: ir_store_bf16(b, _f32(b, args[0], value))
+
+
+@intrinsic
+def store_bf16_bf(typingctx, value):
+    if not isinstance(value, types.Float):
+        return None
+    return types.uint16(value), lambda ctx, b, sig, args: ir_store_bf16_from_bf16(
+        b, _f32(b, args[0], value))
 
 
 @intrinsic
