@@ -88,7 +88,9 @@ def sgd_loop(param, grad, master, keys, s):
     grad_scale, lr, weight_decay = s[0], s[1], s[2]
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        g = ld(grad, i) * grad_scale + weight_decay * x
+        g = ld(grad, i) * grad_scale
+        if weight_decay != 0.0:  # as the rules: none at 0
+            g = g + weight_decay * x
         x = x - lr * g
         if master is not None:
             master[i] = x
@@ -101,7 +103,9 @@ def momentum_loop(param, grad, velocity, master, keys, s):
         s[0], s[1], s[2], s[3], s[4], s[5])
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        g = ld(grad, i) * grad_scale + weight_decay * x
+        g = ld(grad, i) * grad_scale
+        if weight_decay != 0.0:  # as the rules: none at 0
+            g = g + weight_decay * x
         v = beta * ld(velocity, i) + one_minus_dampening * g
         update = g + beta * v if nesterov else v
         x = x - lr * update
@@ -117,7 +121,9 @@ def adam_loop(param, grad, exp_avg, exp_avg_sq, master, keys, s):
     step_size, inv_sqrt_bc2, eps, weight_decay, param_scale = s[5], s[6], s[7], s[8], s[9]
     for i in prange(param.size):
         x = (master[i] if master is not None else ld(param, i)) * param_scale
-        g = ld(grad, i) * grad_scale + weight_decay * x
+        g = ld(grad, i) * grad_scale
+        if weight_decay != 0.0:  # as the rules: none at 0
+            g = g + weight_decay * x
         m = beta1 * ld(exp_avg, i) + one_minus_beta1 * g
         v = beta2 * ld(exp_avg_sq, i) + one_minus_beta2 * g * g
         x = x - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)

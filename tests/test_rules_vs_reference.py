@@ -19,10 +19,11 @@ itself for RMSprop and Adam, whose steps are normalised).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import BACKENDS, xp_for
 from hypothesis import given
-from oracle import run_and_check, sample_inputs
+from oracle import call, run_and_check, sample_inputs, to_numpy
 from strategies import inputs
 
 from fusedopt import config
@@ -80,3 +81,27 @@ def test_scalar_rule_matches_oracle_on_python_floats(rule_name):
                 assert abs(g - w) <= 1e-12 * (abs(old) + abs(w) + 1.0), (name, g, w)
 
     check()
+
+
+WEIGHT_DECAYED = [name for name, rule in RULES.items() if "weight_decay" in rule.scalars]
+
+
+@pytest.mark.parametrize("rule_name", WEIGHT_DECAYED)
+def test_no_weight_decay_adds_no_term_so_an_infinite_parameter_stays_infinite(
+        rule_name, backend, dtype):
+    """``weight_decay=0`` is no term at all, as torch.optim skips it, not ``0 * param``
+    (NaN for an infinite parameter). Hand-derived: with a finite gradient and state every
+    rule moves ``param`` by a finite step, so an infinity stays that infinity, and the
+    state stays finite."""
+    xp = xp_for(backend)
+    arrays64, hyper = sample_inputs(rule_name, (9,), seed=3)
+    hyper = dict(hyper, weight_decay=0.0)
+    arrays64[0][:2] = [np.inf, -np.inf]
+    arrays = tuple(xp.asarray(a.astype(dtype)) for a in arrays64)
+    call(rule_name, arrays, hyper, backend)
+    out = [to_numpy(a) for a in arrays]
+    assert list(out[0][:2]) == [np.inf, -np.inf]
+    assert np.isfinite(out[0][2:]).all()
+    rule = RULES[rule_name]
+    for name, values in zip(rule.arrays[1:], out[1:], strict=True):
+        assert np.isfinite(values).all(), name

@@ -96,17 +96,21 @@ def test_bfloat16_storage_takes_the_written_in_loop_too():
 
 
 def test_a_16_bit_call_with_default_hyperparameters_runs_the_written_in_loop():
-    """SGD's defaults (grad_scale 1) over bfloat16 pick the threaded loop with the scale
-    written in; small calls keep the general serial loop (no second compile for them); a
-    GradScaler's 1/scale picks the general loops, and so does float32 storage, which is
-    bound by memory, not arithmetic."""
+    """SGD's defaults (grad_scale 1, no weight decay) over bfloat16 pick the threaded loop
+    with both written in; small calls keep the general serial loop (no second compile for
+    them); a GradScaler's 1/scale with a weight decay picks the general loops, and so does
+    float32 storage, which is bound by memory, not arithmetic."""
     rule = RULES["sgd"]
     low = signature(rule.arrays, ["bfloat16"] * 2, writes=rule.writes)
     hyper = {**rule.defaults, "lr": 1e-3}
     _, serial, parallel, *_ = numba_cpu.prepare(rule, hyper, low)
-    assert parallel.__name__ == driver_name(rule, low, "parallel", ((0, 1.0),))
+    written = ((0, 1.0), (rule.scalars.index("weight_decay"), 0.0))
+    assert parallel.__name__ == driver_name(rule, low, "parallel", written)
     assert serial.__name__ == driver_name(rule, low, "serial")
     prepared = numba_cpu.prepare(rule, dict(hyper, grad_scale=2.0**-16), low)
+    assert prepared[2].__name__ == driver_name(rule, low, "parallel", written[1:])
+    prepared = numba_cpu.prepare(rule, dict(hyper, grad_scale=2.0**-16, weight_decay=0.01),
+                                 low)
     assert prepared[2].__name__ == driver_name(rule, low, "parallel")
     f32 = homogeneous(rule.arrays, "float32")
     assert numba_cpu.prepare(rule, hyper, f32)[2].__name__ == driver_name(rule, f32,
@@ -116,7 +120,7 @@ def test_a_16_bit_call_with_default_hyperparameters_runs_the_written_in_loop():
 def test_a_value_other_than_0_or_1_is_read_not_written_in():
     rule = RULES["momentum"]
     scalars = scalars_with(rule, {"grad_scale": 0.5, "one_minus_dampening": 0.9,
-                                  "nesterov": 1.0}, np.float64)
+                                  "nesterov": 1.0, "weight_decay": 0.01}, np.float64)
     assert constants_of(rule, scalars) == ((rule.scalars.index("nesterov"), 1.0),)
     assert constants_of(RULES["ewa"], np.array([0.0, 1.0])) == ()  # nothing specialised
 

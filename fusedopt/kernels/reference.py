@@ -14,7 +14,9 @@ import numpy as np
 
 def sgd(param, grad, *, lr, weight_decay=0.0, grad_scale=1.0):
     """``g = grad*grad_scale + wd*param; param - lr*g``. Returns ``(param,)``."""
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    if weight_decay:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = g + weight_decay * param
     return (param - lr * g,)
 
 
@@ -25,7 +27,9 @@ def momentum(param, grad, velocity, *, lr, beta=0.9, dampening=None, nesterov=Fa
     ``g = grad*grad_scale + wd*param``. Returns ``(param, velocity)``.
     """
     d = beta if dampening is None else dampening
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    if weight_decay:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = g + weight_decay * param
     velocity = beta * velocity + (1 - d) * g
     update = g + beta * velocity if nesterov else velocity
     return param - lr * update, velocity
@@ -33,7 +37,9 @@ def momentum(param, grad, velocity, *, lr, beta=0.9, dampening=None, nesterov=Fa
 
 def rmsprop(param, grad, sq_avg, *, lr, beta=0.99, eps=1e-8, weight_decay=0.0, grad_scale=1.0):
     """``s = beta*s + (1-beta)*g*g; param - lr*g/(sqrt(s)+eps)``. Returns ``(param, sq_avg)``."""
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    if weight_decay:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = g + weight_decay * param
     sq_avg = beta * sq_avg + (1 - beta) * g * g
     return param - lr * g / (np.sqrt(sq_avg) + eps), sq_avg
 
@@ -44,7 +50,9 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, *, lr, beta
 
     Returns ``(param, sq_avg, grad_avg, momentum_buffer)``.
     """
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    if weight_decay:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = g + weight_decay * param
     sq_avg = beta * sq_avg + (1 - beta) * g * g
     if centered:
         grad_avg = (grad_avg + (1 - beta) * (g - grad_avg) if 1 - beta < 0.5
@@ -66,8 +74,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.
     if decoupled_weight_decay:
         param = param * (1 - lr * weight_decay)
         g = grad
-    else:
-        g = grad + weight_decay * param
+    else:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = grad + weight_decay * param if weight_decay else grad
     exp_avg = beta1 * exp_avg + (1 - beta1) * g
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     if bias_correction:
@@ -90,8 +98,8 @@ def amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, 
     if decoupled_weight_decay:
         param = param * (1 - lr * weight_decay)
         g = grad
-    else:
-        g = grad + weight_decay * param
+    else:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = grad + weight_decay * param if weight_decay else grad
     exp_avg = beta1 * exp_avg + (1 - beta1) * g
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     max_exp_avg_sq = np.maximum(max_exp_avg_sq, exp_avg_sq)
@@ -113,8 +121,8 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, step, lr=2e-3, beta1=0.9, beta2=0
     if decoupled_weight_decay:
         param = param * (1 - lr * weight_decay)
         g = grad
-    else:
-        g = grad + weight_decay * param
+    else:  # 0 adds nothing (as torch: an infinite param gives no NaN)
+        g = grad + weight_decay * param if weight_decay else grad
     mus = beta1 * (1 - 0.5 * 0.96 ** (np.arange(1, step + 2, dtype=np.float64) * momentum_decay))
     exp_avg = beta1 * exp_avg + (1 - beta1) * g
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g

@@ -40,7 +40,7 @@ ADAM_HYPER = (real("lr", 1e-3, LR_DOC, symbol=r"\alpha"), BETA1, BETA2, EPS, WEI
               DECOUPLED, BIAS_CORRECTION, GRAD_SCALE)
 
 
-@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+@register(device_scalars=True, specialised=("grad_scale", "param_scale", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC},
           writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=adam_scalars,
@@ -64,7 +64,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, grad_scale, beta1, one_minus_beta1, b
     an inverse loss scale, 1 otherwise).
     """
     param = param * param_scale
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = sqrt(exp_avg_sq) * inv_sqrt_bc2 + eps
@@ -82,7 +83,7 @@ variant("adamw", of="adam", fixed={"decoupled_weight_decay": True},
 
 
 # ----------------------------------------------------------------------- AMSGrad
-@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+@register(device_scalars=True, specialised=("grad_scale", "param_scale", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC,
                   "max_exp_avg_sq": "the largest second moment so far (start at 0)"},
@@ -106,7 +107,8 @@ def amsgrad(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, beta1,
     moments, bias-corrected afterwards; weight decay as in :func:`adam`.
     """
     param = param * param_scale
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq)  # NaN propagates, as in torch

@@ -137,7 +137,7 @@ def nadam_scalars(*, step: int, lr: float, beta1: float, beta2: float, eps: floa
             1.0 / host_sqrt(1.0 - beta2**step), eps, coupled_decay, param_scale)
 
 
-@register(device_scalars=True, specialised=("grad_scale", "param_scale"),
+@register(device_scalars=True, specialised=("grad_scale", "param_scale", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC, "exp_avg": EXP_AVG_DOC,
                   "exp_avg_sq": EXP_AVG_SQ_DOC},
           writes=("param", "exp_avg", "exp_avg_sq"), host_scalars=nadam_scalars,
@@ -169,7 +169,8 @@ def nadam(param, grad, exp_avg, exp_avg_sq, grad_scale, beta1, one_minus_beta1, 
     :func:`adam` (``decoupled_weight_decay=True`` is NAdamW).
     """
     param = param * param_scale
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     denom = sqrt(exp_avg_sq) * inv_sqrt_bc2 + eps

@@ -23,7 +23,7 @@ def rmsprop_scalars(*, lr: float, beta: float, eps: float, weight_decay: float,
     return (grad_scale, lr, beta, 1.0 - beta, eps, weight_decay)
 
 
-@register(device_scalars=True, specialised=("grad_scale",),
+@register(device_scalars=True, specialised=("grad_scale", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "sq_avg": "running average of the squared gradients s (start at 0)"},
           writes=("param", "sq_avg"), host_scalars=rmsprop_scalars,
@@ -44,7 +44,8 @@ def rmsprop(param, grad, sq_avg, grad_scale, lr, beta, one_minus_beta, eps, weig
     ``eps`` outside the square root, as torch.optim.RMSprop (``alpha=beta``);
     :math:`c` is ``grad_scale``.
     """
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     sq_avg = beta * sq_avg + one_minus_beta * g * g
     return param - lr * g / (sqrt(sq_avg) + eps), sq_avg
 
@@ -64,7 +65,7 @@ def _rmsprop_momentum_torch(h: dict):
                             centered=h["centered"]))
 
 
-@register(device_scalars=True, specialised=("grad_scale", "centered"),
+@register(device_scalars=True, specialised=("grad_scale", "centered", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "sq_avg": "running average of the squared gradients s (start at 0)",
                   "grad_avg": "running average of the gradients a (start at 0; centered only)",
@@ -95,7 +96,8 @@ def rmsprop_momentum(param, grad, sq_avg, grad_avg, momentum_buffer, grad_scale,
     normalised step is averaged (torch's ``momentum_buffer``). ``grad_avg`` is left as it
     is when not centered.
     """
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     sq_avg = beta * sq_avg + one_minus_beta * (g * g)  # torch's order: addcmul, then lerp,
     # which steps from the nearer end (beta = 0 gives a = g exactly, so s - a^2 = 0, not < 0)
     toward = (grad_avg + one_minus_beta * (g - grad_avg) if one_minus_beta < 0.5

@@ -22,7 +22,7 @@ def sgd_scalars(*, lr: float, weight_decay: float, grad_scale: float) -> tuple[f
     return (grad_scale, lr, weight_decay)
 
 
-@register(device_scalars=True, specialised=("grad_scale",),
+@register(device_scalars=True, specialised=("grad_scale", "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC}, writes=("param",),
           host_scalars=sgd_scalars,
           hyper=(real("lr", REQUIRED, LR_DOC, symbol=r"\alpha"), WEIGHT_DECAY, GRAD_SCALE),
@@ -36,7 +36,8 @@ def sgd(param, grad, grad_scale, lr, weight_decay):
     ``grad_scale`` (:math:`s`) carries a clip factor or an inverse loss scale
     into the same pass (1 otherwise).
     """
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     return (param - lr * g,)
 
 
@@ -56,7 +57,8 @@ def _momentum_torch(h: dict):
                         weight_decay=h["weight_decay"]))
 
 
-@register(device_scalars=True, specialised=("grad_scale", "one_minus_dampening", "nesterov"),
+@register(device_scalars=True, specialised=("grad_scale", "one_minus_dampening", "nesterov",
+                                                 "weight_decay"),
           arrays={"param": PARAM_DOC, "grad": GRAD_DOC,
                   "velocity": "the momentum buffer v (start at 0)"},
           writes=("param", "velocity"), host_scalars=momentum_scalars,
@@ -80,7 +82,8 @@ def momentum(param, grad, velocity, grad_scale, lr, beta, one_minus_dampening, w
     ``d = beta`` is the lecture's form (``v`` is an exponentially weighted
     average of the gradients); ``d = 0`` is torch.optim.SGD's ``momentum``.
     """
-    g = grad * grad_scale + weight_decay * param
+    g = grad * grad_scale
+    g = g + weight_decay * param if weight_decay != 0.0 else g  # none at 0, as torch
     velocity = beta * velocity + one_minus_dampening * g
     update = g + beta * velocity if nesterov else velocity
     return param - lr * update, velocity
