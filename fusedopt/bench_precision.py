@@ -46,38 +46,38 @@ RULE_NAMES = ("sgd", "momentum", "adam")
 
 
 # ------------------------------------------------- storage-generic loads and stores (bf16)
-def ld(a, i):  # pragma: no cover - replaced by the overload in compiled code
+def ld(a, at):  # pragma: no cover - replaced by the overload in compiled code
     raise NotImplementedError
 
 
-def st(a, i, value, keys, slot):  # pragma: no cover
+def st(a, at, value, keys, slot):  # pragma: no cover
     raise NotImplementedError
 
 
 @overload(ld, inline="always")
-def _ld(a, i):
+def _ld(a, at):
     if a.dtype == types.uint16:
-        return lambda a, i: load_bf16(a[i])
-    return lambda a, i: a[i]
+        return lambda a, at: load_bf16(a[at])
+    return lambda a, at: a[at]
 
 
 @overload(st, inline="always")
-def _st(a, i, value, keys, slot):
+def _st(a, at, value, keys, slot):
     if a.dtype != types.uint16:
-        def plain(a, i, value, keys, slot):
-            a[i] = value
+        def plain(a, at, value, keys, slot):
+            a[at] = value
         return plain
     if keys is None or isinstance(keys, types.NoneType):
-        def nearest(a, i, value, keys, slot):
-            a[i] = store_bf16(value)
+        def nearest(a, at, value, keys, slot):
+            a[at] = store_bf16(value)
         return nearest
     if isinstance(keys, types.Boolean):  # every array bfloat16: NaNs need no select
-        def nearest_from_bf16(a, i, value, keys, slot):
-            a[i] = store_bf16_bf(value)
+        def nearest_from_bf16(a, at, value, keys, slot):
+            a[at] = store_bf16_bf(value)
         return nearest_from_bf16
 
-    def stochastic(a, i, value, keys, slot):
-        a[i] = store_bf16_sr(value, random16(i, keys[slot]))
+    def stochastic(a, at, value, keys, slot):
+        a[at] = store_bf16_sr(value, random16(at, keys[slot]))
     return stochastic
 
 
@@ -85,12 +85,10 @@ def _st(a, i, value, keys, slot):
 # The same math as the rules (fusedopt/kernels/rules), with the same host scalars, written out.
 @njit(parallel=True, nogil=True, error_model="numpy")
 def sgd_loop(param, grad, master, keys, s):
-    grad_scale, lr, weight_decay = s[0], s[1], s[2]
+    grad_scale, lr = s[0], s[1]
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        g = ld(grad, i) * grad_scale
-        if weight_decay != 0.0:  # as the rules: none at 0
-            g = g + weight_decay * x
+        g = ld(grad, i) * grad_scale  # HYPER: no weight decay, which the rules then skip
         x = x - lr * g
         if master is not None:
             master[i] = x
@@ -99,13 +97,10 @@ def sgd_loop(param, grad, master, keys, s):
 
 @njit(parallel=True, nogil=True, error_model="numpy")
 def momentum_loop(param, grad, velocity, master, keys, s):
-    grad_scale, lr, beta, one_minus_dampening, weight_decay, nesterov = (
-        s[0], s[1], s[2], s[3], s[4], s[5])
+    grad_scale, lr, beta, one_minus_dampening, nesterov = s[0], s[1], s[2], s[3], s[5]
     for i in prange(param.size):
         x = master[i] if master is not None else ld(param, i)
-        g = ld(grad, i) * grad_scale
-        if weight_decay != 0.0:  # as the rules: none at 0
-            g = g + weight_decay * x
+        g = ld(grad, i) * grad_scale  # HYPER: no weight decay, which the rules then skip
         v = beta * ld(velocity, i) + one_minus_dampening * g
         update = g + beta * v if nesterov else v
         x = x - lr * update
@@ -118,12 +113,10 @@ def momentum_loop(param, grad, velocity, master, keys, s):
 @njit(parallel=True, nogil=True, error_model="numpy")
 def adam_loop(param, grad, exp_avg, exp_avg_sq, master, keys, s):
     grad_scale, beta1, one_minus_beta1, beta2, one_minus_beta2 = s[0], s[1], s[2], s[3], s[4]
-    step_size, inv_sqrt_bc2, eps, weight_decay, param_scale = s[5], s[6], s[7], s[8], s[9]
+    step_size, inv_sqrt_bc2, eps, param_scale = s[5], s[6], s[7], s[9]
     for i in prange(param.size):
         x = (master[i] if master is not None else ld(param, i)) * param_scale
-        g = ld(grad, i) * grad_scale
-        if weight_decay != 0.0:  # as the rules: none at 0
-            g = g + weight_decay * x
+        g = ld(grad, i) * grad_scale  # HYPER: no weight decay, which the rules then skip
         m = beta1 * ld(exp_avg, i) + one_minus_beta1 * g
         v = beta2 * ld(exp_avg_sq, i) + one_minus_beta2 * g * g
         x = x - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
@@ -268,6 +261,7 @@ def _kernel_view(a):
     return a.view(np.uint16) if a.dtype.itemsize == 2 else a
 
 
+#: no weight decay: the rules then have no such term, and neither have the math floors
 HYPER = {"sgd": {"lr": 1e-3}, "momentum": {"lr": 1e-3, "beta": 0.9},
          "adam": {"lr": 1e-3}}
 
