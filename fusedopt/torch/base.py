@@ -36,7 +36,7 @@ from fusedopt.backends import numba_cpu
 from fusedopt.backends.base import ScalarRangeError
 from fusedopt.kernels.dtypes import homogeneous, signature
 from fusedopt.kernels.registry import Rule
-from fusedopt.torch import capturable, checks, memo, steps
+from fusedopt.torch import capturable, checks, hooks, memo, steps
 from fusedopt.torch.dtypes import LOW, STATE_DTYPES, STORAGE
 from fusedopt.torch.options import PRECISION_KEYS
 
@@ -93,6 +93,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise
 
     # --------------------------------------------------------------- the step
+    @hooks.hooked  # torch's hooks; its profiler range only while profiling
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One update of every parameter with a gradient (see the module docstring)."""
