@@ -1,5 +1,6 @@
 """The bfloat16 store without a NaN select (``numba_lowp.store_bf16_bf``), used by host
-loops whose arrays are all bfloat16 (``numba_codegen.bf16_only``).
+loops whose arrays are all bfloat16 (``numba_codegen.bf16_only``), and the threaded loop
+of those that takes two elements a 32-bit word (``numba_codegen.pairs_loop``).
 
 Oracles: the full store (``store_bf16``) and the NumPy rounding of
 :mod:`fusedopt.kernels.rounding`. The claim under test: for every value that is not a
@@ -17,7 +18,8 @@ from numba import njit
 from rule_table import RULE_INFO
 
 from fusedopt import functional
-from fusedopt.backends.numba_codegen import bf16_only, driver_source
+from fusedopt.backends import numba_cpu
+from fusedopt.backends.numba_codegen import PAIRS_CHUNK, bf16_only, driver_source
 from fusedopt.backends.numba_lowp import store_bf16, store_bf16_bf
 from fusedopt.kernels import RULES, rounding
 from fusedopt.kernels.dtypes import signature
@@ -110,3 +112,45 @@ def test_an_all_bfloat16_call_fed_every_kind_of_nan_stores_the_float32_loops_rou
         nan = np.isnan(exact)
         assert np.array_equal(np.isnan(stored.astype(np.float32)), nan), array
         assert np.array_equal(got[~nan], want[~nan]), array
+
+
+def _patterns(rule, n, rng):
+    arrays = []
+    for array in rule.arrays:
+        values = rng.standard_normal(n).astype(np.float32)
+        if array in rule.nonnegative:
+            values = np.abs(values)
+        bits = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+        bits[rng.choice(n, size=NAN_PATTERNS.size, replace=False)] = NAN_PATTERNS
+        arrays.append(bits)
+    return arrays
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("n, first", [(3 * PAIRS_CHUNK * 2 + 5, 0),  # odd, a part chunk
+                                      (PAIRS_CHUNK * 2 + 8, 1),  # not on a word boundary
+                                      (2 * PAIRS_CHUNK + 2, 0)])  # two elements past a chunk
+def test_the_threaded_loop_over_word_pairs_stores_the_one_element_loops_bits(name, n, first):
+    """The threaded all-bfloat16 loop takes two elements a word where every array starts
+    on a 32-bit boundary, and one at a time for the rest; the serial loop takes one at a
+    time always: both must store the same bits, NaN in the same places."""
+    rule = RULES[name]
+    sig = signature(rule.arrays, ["bfloat16"] * len(rule.arrays), writes=rule.writes)
+    assert "_store_bf16_pair(" in driver_source(rule, sig)
+    rng = np.random.default_rng(n + first)
+    buffers = _patterns(rule, n + first, rng)
+    paired = [b[first:] for b in buffers]
+    single = [p.copy() for p in paired]
+    hyper = {**rule.defaults, **RULE_INFO[name].sample_hyper}
+    if rule.needs_step:
+        hyper.setdefault("step", 3)
+    scalars, serial, parallel, *_ = numba_cpu.prepare(rule, hyper, sig)
+    with np.errstate(all="ignore"):
+        assert numba_cpu.call(parallel, *paired, scalars, parallel=True) == 0
+        assert serial(*single, scalars) == 0
+    for array, a, b in zip(rule.arrays, paired, single, strict=True):
+        wide_a = (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        wide_b = (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        nan = np.isnan(wide_b)
+        assert np.array_equal(np.isnan(wide_a), nan), array
+        assert np.array_equal(a[~nan], b[~nan]), array

@@ -88,3 +88,27 @@ def test_16_bit_loops_are_vectorised_in_32_bit_lanes(rule_name, recipe):
     assert "vpmovzxdq" not in asm and "vpsrlq" not in asm, "the bit manipulation went 64-bit"
     if sig.stochastic:
         assert "vpmulld" in asm, "the hash's multiplies are not vectorised"
+
+
+@pytest.mark.parametrize("rule_name", ["sgd", "momentum", "adam"])
+def test_the_threaded_bfloat16_loop_over_word_pairs_is_vectorised(rule_name):
+    """The all-bfloat16 threaded driver reads two elements a 32-bit word
+    (``numba_codegen.pairs_loop``): its loops, both the word loop and the one-element
+    loop after it, must run packed float math in 32-bit lanes."""
+    from fusedopt.kernels.dtypes import signature
+
+    rule = RULES[rule_name]
+    sig = signature(rule.arrays, ["bfloat16"] * len(rule.arrays), writes=rule.writes)
+    module = numba_cpu.in_memory_module(
+        f"fusedopt_pairs_asm_{rule_name}",
+        numba_codegen.HEADER + numba_codegen.element_source(rule)
+        + numba_codegen.driver_source(rule, sig))
+    driver = getattr(module, numba_codegen.driver_name(rule, sig, "parallel"))
+    arrays = [np.zeros(4 * numba_codegen.PAIRS_CHUNK + 1, np.uint16) for _ in rule.arrays]
+    assert driver(*arrays, np.full(len(rule.scalars), 0.5, np.float32)) == 0
+    asm = "\n".join(driver.inspect_asm(s) for s in driver.signatures)
+    word_loop = [line for line in asm.splitlines() if "ymm" in line]
+    assert any(re.search(r"vmulps\s.*ymm", line) for line in word_loop), "no packed math"
+    assert any(re.search(r"vpslld\s+\$16, .*ymm", line) for line in word_loop)
+    assert any(re.search(r"vpand\s.*ymm", line) for line in word_loop)
+    assert "vpmovzxdq" not in asm and "vpsrlq" not in asm, "the bit manipulation went 64-bit"

@@ -29,6 +29,7 @@ then runs about 5x slower, with scalar ``vsqrtss``/``vdivss`` in its assembly).
 from __future__ import annotations
 
 import itertools
+import sys
 
 from fusedopt.backends.base import NORM_SBIG, NORM_SSML, NORM_TBIG, NORM_TSML
 from fusedopt.backends.numba_pointers import POINTERS
@@ -43,10 +44,11 @@ HEADER = (
     "import fusedopt.kernels  # registers the rules\n"
     "from fusedopt.backends.numba_lowp import load_bf16 as _load_bf16, load_f16 as _load_f16, "
     "random16 as _random16, store_bf16 as _store_bf16, store_bf16_sr as _store_bf16_sr, "
-    "store_bf16_bf as _store_bf16_bf, "
+    "store_bf16_bf as _store_bf16_bf, bf16_low as _bf16_low, bf16_high as _bf16_high, "
+    "store_bf16_pair as _store_bf16_pair, "
     "store_f16 as _store_f16, store_f16_sr as _store_f16_sr\n"
     "from fusedopt.backends.numba_pointers import pointer_f32 as _pointer_f32, "
-    "pointer_f64 as _pointer_f64, pointer_u16 as _pointer_u16\n"
+    "pointer_f64 as _pointer_f64, pointer_u16 as _pointer_u16, pointer_u32 as _pointer_u32\n"
     "from numba import carray as _carray\n"
     "from fusedopt.kernels.registry import RULES as _RULES\n\n\n"
     "@njit(cache=True, nogil=True, error_model='numpy', fastmath={'reassoc'})\n"
@@ -225,13 +227,17 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
     out = []
     for kind, loop_range, parallel in (("serial", "range", ""),
                                        ("parallel", "prange", ", parallel=True")):
+        start, pairs = "", ""
+        if kind == "parallel" and from_bf16 and sys.byteorder == "little":
+            start, pairs = "_start, ", pairs_loop(rule, written)
         out.append(
             f"@njit(cache=True, nogil=True{parallel}, error_model='numpy')\n"
             f"def {driver_name(rule, signature, kind, constants)}({', '.join(arguments)}, "
             f"_scalars{extra}):\n"
             f"{overlap}"
             f"{unpack}"
-            f"    for _i in {loop_range}({param}.size):\n"
+            f"{pairs}"
+            f"    for _i in {loop_range}({start}{param}.size):\n"
             f"        {outputs}= {element}({call_args})\n"
             f"{stores}"
             "    return 0\n\n")
@@ -257,6 +263,46 @@ def driver_source(rule: Rule, signature: Signature, capturable: bool = False,
                f"    for _i in prange({param}.size):\n"
                + "".join(f"        {line}\n" for line in body) + "\n")
     return "".join(out)
+
+
+def pairs_loop(rule: Rule, written: dict) -> str:
+    """The threaded bfloat16 loop over two elements a step, for :func:`bf16_only` calls
+    whose arrays all start on a 32-bit boundary: each array read as words, its two
+    patterns widened by a shift and a mask, the element rule run on each, the two
+    roundings masked into one word. The one-element loop widens and packs 16 bits
+    across vector lanes instead: Momentum in bfloat16 is 10% faster on 2 AVX2 cores.
+    Sets ``_start``, where the one-element loop takes over: an odd size's last element,
+    or every element when some array is not aligned."""
+    words = [f"_w_{a}" for a in rule.arrays]
+    aligned = " | ".join(f"{a}.ctypes.data" for a in rule.arrays)
+    # the word views are made inside the threads' loop, a chunk each, as the multi-tensor
+    # drivers make theirs: a view made outside a prange is not written through
+    views = "".join(f"            _w_{a} = _carray(_pointer_u32({a}.ctypes.data + 4 * _lo), "
+                    "_n)\n" for a in rule.arrays)
+    scalars = [f"np.float32({written[k]!r})" if k in written else name
+               for k, name in enumerate(rule.scalars)]
+    body = ""
+    for half, load in (("0", "_bf16_low"), ("1", "_bf16_high")):
+        outputs = ", ".join(f"_o_{w}_{half}" for w in rule.writes)
+        arguments = ", ".join([*(f"{load}({w}[_k])" for w in words), *scalars])
+        body += f"                {outputs}, = _element_{rule.name}({arguments})\n"
+    body += "".join(f"                _w_{w}[_k] = _store_bf16_pair(_o_{w}_0, _o_{w}_1)\n"
+                    for w in rule.writes)
+    param = rule.arrays[0]
+    return (f"    _start = 0\n"
+            f"    if ({aligned}) % 4 == 0:\n"
+            f"        _pairs = {param}.size // 2\n"
+            f"        for _c in prange((_pairs + {PAIRS_CHUNK - 1}) // {PAIRS_CHUNK}):\n"
+            f"            _lo = _c * {PAIRS_CHUNK}\n"
+            f"            _n = min({PAIRS_CHUNK}, _pairs - _lo)\n"
+            f"{views}"
+            f"            for _k in range(_n):\n"
+            f"{body}"
+            f"        _start = 2 * _pairs\n")
+
+
+#: words (two bfloat16 elements each) per chunk of :func:`pairs_loop`'s threads
+PAIRS_CHUNK = 1 << 14
 
 
 def multi_source(rule: Rule, signature: Signature, elements, outputs, stores, unpack,

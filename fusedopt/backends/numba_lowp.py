@@ -10,6 +10,9 @@ written in Python to 64 bits, and the vectoriser would then split every lane).
 ``load_f16(h)``    16-bit pattern -> float32 (exact; Giesen's half_to_float)
 ``store_bf16(x)``  float32 -> nearest-even bfloat16 pattern (NaN stays quiet NaN)
 ``store_bf16_bf(x)`` the same for a value whose NaNs come from bfloat16 inputs (see below)
+``bf16_low(w)``    the first of the two bfloat16 patterns in a little-endian 32-bit word
+``bf16_high(w)``   the second
+``store_bf16_pair(a, b)`` both stores of ``store_bf16_bf`` in one word (``a`` first)
 ``store_f16(x)``   float32 -> nearest-even float16 pattern (Giesen's fast3_rtne)
 ``store_*_sr``     ``(x, r)``: stochastic, with 16 random bits ``r``
 ``random16(i, k)`` the 16 random bits of element index ``i`` under key ``k``
@@ -79,6 +82,15 @@ def ir_store_bf16_from_bf16(b, x):
     u = b.bitcast(x, I32)
     lsb = b.and_(b.lshr(u, _c(16)), _c(1))
     return b.trunc(b.lshr(b.add(b.add(u, _c(0x7FFF)), lsb), _c(16)), I16)
+
+
+def ir_store_bf16_pair(b, first, second):
+    """Two :func:`ir_store_bf16_from_bf16` into one word, the first in the low half: the
+    second's rounding is masked in place, not shifted down and packed across lanes."""
+    def rounded(x):
+        u = b.bitcast(x, I32)
+        return b.add(b.add(u, _c(0x7FFF)), b.and_(b.lshr(u, _c(16)), _c(1)))
+    return b.or_(b.lshr(rounded(first), _c(16)), b.and_(rounded(second), _c(0xFFFF0000)))
 
 
 def ir_store_bf16_sr(b, x, r):
@@ -180,6 +192,30 @@ def store_bf16_bf(typingctx, value):
         return None
     return types.uint16(value), lambda ctx, b, sig, args: ir_store_bf16_from_bf16(
         b, _f32(b, args[0], value))
+
+
+@intrinsic
+def bf16_low(typingctx, word):
+    if word != types.uint32:
+        return None
+    return types.float32(word), lambda ctx, b, sig, args: b.bitcast(
+        b.shl(args[0], _c(16)), F32)
+
+
+@intrinsic
+def bf16_high(typingctx, word):
+    if word != types.uint32:
+        return None
+    return types.float32(word), lambda ctx, b, sig, args: b.bitcast(
+        b.and_(args[0], _c(0xFFFF0000)), F32)
+
+
+@intrinsic
+def store_bf16_pair(typingctx, first, second):
+    if not isinstance(first, types.Float) or not isinstance(second, types.Float):
+        return None
+    return types.uint32(first, second), lambda ctx, b, sig, args: ir_store_bf16_pair(
+        b, _f32(b, args[0], first), _f32(b, args[1], second))
 
 
 @intrinsic

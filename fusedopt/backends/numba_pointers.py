@@ -30,6 +30,7 @@ def _pointer_intrinsic(element):
 pointer_f32 = _pointer_intrinsic(types.float32)
 pointer_f64 = _pointer_intrinsic(types.float64)
 pointer_u16 = _pointer_intrinsic(types.uint16)
+pointer_u32 = _pointer_intrinsic(types.uint32)  # two bfloat16 patterns a word
 
 #: the pointer intrinsic of each storage dtype as the drivers see it, and its item size
 POINTERS = {"float32": ("_pointer_f32", 4), "float64": ("_pointer_f64", 8),
