@@ -121,7 +121,8 @@ def _patterns(rule, n, rng):
         if array in rule.nonnegative:
             values = np.abs(values)
         bits = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
-        bits[rng.choice(n, size=NAN_PATTERNS.size, replace=False)] = NAN_PATTERNS
+        spots = rng.choice(n, size=min(n, NAN_PATTERNS.size), replace=False)
+        bits[spots] = NAN_PATTERNS[:spots.size]
         arrays.append(bits)
     return arrays
 
@@ -154,3 +155,37 @@ def test_the_threaded_loop_over_word_pairs_stores_the_one_element_loops_bits(nam
         nan = np.isnan(wide_b)
         assert np.array_equal(np.isnan(wide_a), nan), array
         assert np.array_equal(a[~nan], b[~nan]), array
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "lion"])
+def test_the_threaded_multi_tensor_loop_over_word_pairs_stores_the_one_element_bits(name):
+    """A list of all-bfloat16 tensors in one threaded call: each chunk takes two elements
+    a word where it starts on a 32-bit boundary in every array (odd sizes put later
+    chunks and tensors off it; a tensor sliced from element 1 starts off it), the rest one
+    at a time. The oracle: each tensor through the serial one-element loop."""
+    from fusedopt import config
+
+    rule = RULES[name]
+    sig = signature(rule.arrays, ["bfloat16"] * len(rule.arrays), writes=rule.writes)
+    rng = np.random.default_rng(5)
+    sizes = [config.NUMBA_PARALLEL_MIN_SIZE + 3, 7, 2 * PAIRS_CHUNK, 1, 4097]
+    tensors = []
+    for k, n in enumerate(sizes):
+        first = k % 2  # every other tensor starts off a word boundary
+        tensors.append([b[first:] for b in _patterns(rule, n + first, rng)])
+    copies = [[a.copy() for a in t] for t in tensors]
+    hyper = {**rule.defaults, **RULE_INFO[name].sample_hyper}
+    if rule.needs_step:
+        hyper.setdefault("step", 3)
+    prepared = numba_cpu.prepare(rule, hyper, sig)
+    scalars, serial = prepared[0], prepared[1]
+    with np.errstate(all="ignore"):
+        numba_cpu.launch_many(rule, [tuple(t) for t in tensors], prepared)
+        for t in copies:
+            assert serial(*t, scalars) == 0
+    for ours, theirs in zip(tensors, copies, strict=True):
+        for array, a, b in zip(rule.arrays, ours, theirs, strict=True):
+            nan = np.isnan((b.astype(np.uint32) << np.uint32(16)).view(np.float32))
+            assert np.array_equal(np.isnan((a.astype(np.uint32) << np.uint32(16))
+                                           .view(np.float32)), nan), array
+            assert np.array_equal(a[~nan], b[~nan]), array
