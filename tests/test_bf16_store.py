@@ -19,8 +19,9 @@ from rule_table import RULE_INFO
 
 from fusedopt import functional
 from fusedopt.backends import numba_cpu
-from fusedopt.backends.numba_codegen import PAIRS_CHUNK, bf16_only, driver_source
+from fusedopt.backends.numba_codegen import bf16_only, driver_source
 from fusedopt.backends.numba_lowp import store_bf16, store_bf16_bf
+from fusedopt.backends.numba_pairs import PAIRS_CHUNK
 from fusedopt.kernels import RULES, rounding
 from fusedopt.kernels.dtypes import signature
 

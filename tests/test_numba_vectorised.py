@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from fusedopt.backends import numba_codegen, numba_cpu
+from fusedopt.backends import numba_codegen, numba_cpu, numba_pairs
 from fusedopt.kernels import RULES
 from fusedopt.kernels.dtypes import homogeneous
 
@@ -104,7 +104,7 @@ def test_the_threaded_bfloat16_loop_over_word_pairs_is_vectorised(rule_name):
         numba_codegen.HEADER + numba_codegen.element_source(rule)
         + numba_codegen.driver_source(rule, sig))
     driver = getattr(module, numba_codegen.driver_name(rule, sig, "parallel"))
-    arrays = [np.zeros(4 * numba_codegen.PAIRS_CHUNK + 1, np.uint16) for _ in rule.arrays]
+    arrays = [np.zeros(4 * numba_pairs.PAIRS_CHUNK + 1, np.uint16) for _ in rule.arrays]
     assert driver(*arrays, np.full(len(rule.scalars), 0.5, np.float32)) == 0
     asm = "\n".join(driver.inspect_asm(s) for s in driver.signatures)
     word_loop = [line for line in asm.splitlines() if "ymm" in line]
