@@ -59,10 +59,16 @@ def ir_load_bf16(b, h):
     return b.bitcast(b.shl(b.zext(h, I32), _c(16)), F32)
 
 
+def ir_rounded_bf16(b, x):
+    """``x``'s bits plus half a bfloat16 ulp, ties to even: its upper half is the nearest
+    bfloat16 (NaN aside, see :func:`ir_store_bf16`)."""
+    u = b.bitcast(x, I32)
+    return b.add(b.add(u, _c(0x7FFF)), b.and_(b.lshr(u, _c(16)), _c(1)))
+
+
 def ir_store_bf16(b, x):
     u = b.bitcast(x, I32)
-    lsb = b.and_(b.lshr(u, _c(16)), _c(1))
-    rounded = b.lshr(b.add(b.add(u, _c(0x7FFF)), lsb), _c(16))
+    rounded = b.lshr(ir_rounded_bf16(b, x), _c(16))
     quiet = b.or_(b.lshr(u, _c(16)), _c(0x40))
     nan = b.fcmp_unordered("uno", x, x)  # one compare (an integer test takes two)
     return b.trunc(b.select(nan, quiet, rounded), I16)
@@ -79,18 +85,14 @@ def ir_store_bf16_from_bf16(b, x):
     cores. Values with other NaN payloads (float32 or float16 inputs, scalars read
     from memory) must use :func:`ir_store_bf16`.
     """
-    u = b.bitcast(x, I32)
-    lsb = b.and_(b.lshr(u, _c(16)), _c(1))
-    return b.trunc(b.lshr(b.add(b.add(u, _c(0x7FFF)), lsb), _c(16)), I16)
+    return b.trunc(b.lshr(ir_rounded_bf16(b, x), _c(16)), I16)
 
 
 def ir_store_bf16_pair(b, first, second):
     """Two :func:`ir_store_bf16_from_bf16` into one word, the first in the low half: the
     second's rounding is masked in place, not shifted down and packed across lanes."""
-    def rounded(x):
-        u = b.bitcast(x, I32)
-        return b.add(b.add(u, _c(0x7FFF)), b.and_(b.lshr(u, _c(16)), _c(1)))
-    return b.or_(b.lshr(rounded(first), _c(16)), b.and_(rounded(second), _c(0xFFFF0000)))
+    return b.or_(b.lshr(ir_rounded_bf16(b, first), _c(16)),
+                 b.and_(ir_rounded_bf16(b, second), _c(0xFFFF0000)))
 
 
 def ir_store_bf16_sr(b, x, r):
@@ -194,20 +196,18 @@ def store_bf16_bf(typingctx, value):
         b, _f32(b, args[0], value))
 
 
-@intrinsic
-def bf16_low(typingctx, word):
-    if word != types.uint32:
-        return None
-    return types.float32(word), lambda ctx, b, sig, args: b.bitcast(
-        b.shl(args[0], _c(16)), F32)
+def _half_of_word(widen):
+    """An intrinsic taking one bfloat16 pattern of a 32-bit word to float32 with ``widen``
+    (a shift for the low half, a mask for the high one)."""
+    def half(typingctx, word):
+        if word != types.uint32:
+            return None
+        return types.float32(word), lambda ctx, b, sig, args: b.bitcast(widen(b, args[0]), F32)
+    return intrinsic(half)
 
 
-@intrinsic
-def bf16_high(typingctx, word):
-    if word != types.uint32:
-        return None
-    return types.float32(word), lambda ctx, b, sig, args: b.bitcast(
-        b.and_(args[0], _c(0xFFFF0000)), F32)
+bf16_low = _half_of_word(lambda b, w: b.shl(w, _c(16)))
+bf16_high = _half_of_word(lambda b, w: b.and_(w, _c(0xFFFF0000)))
 
 
 @intrinsic
