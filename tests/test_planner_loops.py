@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fusedopt as fo
@@ -93,6 +93,9 @@ def loops(draw):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(loops())
+# no hidden layer, ten classes, one full batch and a remainder: the step's peak is NumPy's
+# buffer for the softmax's broadcast (a CI run found it; the held batch hid it elsewhere)
+@example(([1, 10], 512, 513, "adam", np.float32))
 def test_the_plan_predicts_the_peak_of_a_real_loop(loop):
     layers, b, m, optimizer, dtype = loop
     if m > 1024 and b < 8:  # two epochs of single samples: slow, and not a new case

@@ -93,22 +93,32 @@ class MLP:
         step to step. ``step temporaries`` live only inside a step: the largest of
         the ReLU mask of backward propagation (one byte per element of the widest
         hidden layer), the softmax's column reduction or the sigmoid's ``1 - Y``
-        (one row), and a copy of ``X{t}`` in the parameters' dtype that matrix
-        products make when ``x_dtype`` differs. Python integers: no overflow.
+        (one row), NumPy's buffers for the in-place broadcasts (see below), and a copy
+        of ``X{t}`` in the parameters' dtype that matrix products make when
+        ``x_dtype`` differs. Python integers: no overflow.
         """
         itemsize = np.dtype(dtype).itemsize
         b = int(batch_size)
         units = sum(int(n) for n in layer_sizes[1:])
         hidden = [int(n) for n in layer_sizes[1:-1]]
-        # Backward multiplies by the bool mask: NumPy casts it in buffers of at most
-        # 8192 elements (np.getbufsize()) of the parameters' dtype.
+        n_y = int(layer_sizes[-1])
+
+        # An in-place op whose operand is broadcast along one axis (``A += bias``, the
+        # softmax's ``A -= max`` and ``A /= sum``) over rows shorter than NumPy's buffer
+        # (np.getbufsize(), 8192 elements) is buffered: up to 8192 elements of the dtype.
+        def buffered(rows: int) -> int:
+            return min(8192, rows * b) * itemsize if b < 8192 else 0
+
+        # Backward multiplies by the bool mask, cast in the same buffers.
         mask = max(hidden) * b + min(8192, max(hidden) * b) * itemsize if hidden else 0
         row = b * max(itemsize, np.dtype(y_dtype or dtype).itemsize)
+        softmax = row + buffered(n_y) if n_y > 1 else row  # the row, then A -= row
+        bias = buffered(max(int(n) for n in layer_sizes[1:]))
         cast = (int(layer_sizes[0]) * b * itemsize
                 if x_dtype is not None and np.dtype(x_dtype) != np.dtype(dtype) else 0)
         return {"activations A[l]": units * b * itemsize,
                 "backward deltas": units * b * itemsize,
-                "step temporaries": max(mask, row) + cast}
+                "step temporaries": max(mask, softmax, bias) + cast}
 
     @property
     def weights(self) -> list:
